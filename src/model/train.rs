@@ -215,14 +215,17 @@ impl Trainer {
                 if name.ends_with(".beta") {
                     continue; // GDN offsets start at 1
                 }
-                let fan_in = if t.rank() == 4 { t.dims()[1] * t.dims()[2] * t.dims()[3] } else { 1 };
-                let std = if name.ends_with("gamma") { 0.0 } else { (1.0 / fan_in as f64).sqrt() };
-                let vals: Vec<f32> = if name.ends_with(".bias") {
-                    vec![0.0; n]
-                } else if name.ends_with("gamma") {
+                // PyTorch's default: uniform in +-1/sqrt(fan_in) for conv weights and
+                // biases (fan_in of the layer), GDN gammas small and positive.
+                let fan_in = match t.rank() {
+                    4 => t.dims()[1] * t.dims()[2] * t.dims()[3],
+                    _ => bias_fan_in(&data, name),
+                };
+                let bound = (1.0 / fan_in as f64).sqrt();
+                let vals: Vec<f32> = if name.ends_with("gamma") {
                     (0..n).map(|_| init_rng.random_range(0.0..0.02)).collect()
                 } else {
-                    (0..n).map(|_| (std * init_rng.sample::<f64, _>(StandardNormal)) as f32).collect()
+                    (0..n).map(|_| init_rng.random_range(-bound..bound) as f32).collect()
                 };
                 var.set(&Tensor::from_vec(vals, t.shape(), &Device::Cpu)?)?;
             }
@@ -297,6 +300,14 @@ impl Trainer {
     pub fn elapsed_hint(&self, started: Instant) -> f64 {
         started.elapsed().as_secs_f64()
     }
+}
+
+/// The fan-in of the conv a bias belongs to (its sibling `weight`).
+fn bias_fan_in(vars: &HashMap<String, Var>, bias: &str) -> usize {
+    let w = format!("{}weight", bias.trim_end_matches("bias"));
+    vars.get(&w)
+        .map(|v| v.dims().iter().skip(1).product())
+        .unwrap_or(1)
 }
 
 fn get_step(t: &HashMap<String, Tensor>) -> Result<usize> {
