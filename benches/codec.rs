@@ -1,1 +1,71 @@
-fn main(){}
+//! Criterion benches of the codec on a 768x512 photo: encode and decode with
+//! one thread and with the default thread count, and the entropy coder alone.
+//!
+//! `cargo bench --bench codec`. The photo is a held-out packaged photo from
+//! tests/data, upscaled to Kodak's size (timing depends on size, not content).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+use vaeproxy::codec::{self, Codec};
+
+fn photo() -> image::RgbImage {
+    let img = image::open("tests/data/twowings.png").unwrap().to_rgb8();
+    image::imageops::resize(&img, 768, 512, image::imageops::FilterType::Triangle)
+}
+
+fn set_threads(n: Option<usize>) -> String {
+    // candle reads RAYON_NUM_THREADS on every op, so this switches per bench.
+    let n = n.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    format!("{n}t")
+}
+
+fn bench(c: &mut Criterion) {
+    let codec = Codec::shipped().unwrap();
+    let img = photo();
+    let q = codec::DEFAULT_QUALITY;
+    let bytes = codec.encode(&img, q).unwrap();
+    let mut g = c.benchmark_group("codec_768x512");
+    g.sample_size(10);
+    for threads in [Some(1), None] {
+        let t = set_threads(threads);
+        g.bench_function(format!("encode_{t}"), |b| {
+            b.iter(|| codec.encode(black_box(&img), q).unwrap())
+        });
+        g.bench_function(format!("decode_{t}"), |b| {
+            b.iter(|| codec.decode(black_box(&bytes)).unwrap())
+        });
+    }
+    g.finish();
+
+    set_threads(Some(1));
+    let mu = codec.latent_mean(&img).unwrap();
+    let symbols = codec.quantize(&mu, q as usize).unwrap();
+    let words = codec.entropy().encode(q as usize, &symbols).unwrap();
+    let n = symbols.len() / codec.entropy().channels();
+    let mut g = c.benchmark_group("entropy_768x512");
+    g.bench_function("encode", |b| {
+        b.iter(|| {
+            codec
+                .entropy()
+                .encode(q as usize, black_box(&symbols))
+                .unwrap()
+        })
+    });
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            codec
+                .entropy()
+                .decode(q as usize, black_box(words.clone()), n)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

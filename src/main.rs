@@ -9,7 +9,11 @@ use vaeproxy::model::train::{self, TrainConfig, Trainer};
 use vaeproxy::model::Vae;
 
 #[derive(Parser)]
-#[command(name = "vaeproxy", version, about = "A caching reverse proxy that keeps images as VAE latent codes")]
+#[command(
+    name = "vaeproxy",
+    version,
+    about = "A caching reverse proxy that keeps images as VAE latent codes"
+)]
 struct Cli {
     /// Weights file (safetensors with the entropy model); default: the weights built into the binary.
     #[arg(long, global = true)]
@@ -93,7 +97,9 @@ enum Cmd {
 fn main() -> ExitCode {
     // candle re-reads /proc/cpuinfo on every thread-count lookup when this is unset.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let cli = Cli::parse();
@@ -123,55 +129,127 @@ fn write_file(p: &Path, bytes: &[u8]) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
-        Cmd::Encode { input, output, quality } => {
+        Cmd::Encode {
+            input,
+            output,
+            quality,
+        } => {
             let codec = load_codec(cli.weights.as_deref())?;
             let img = codec::read_image(&read_file(&input)?, codec::DEFAULT_MAX_PIXELS)
                 .map_err(|e| format!("{}: {e}", input.display()))?;
-            let bytes = codec.encode(&img, quality).map_err(|e| format!("{}: {e}", input.display()))?;
+            let bytes = codec
+                .encode(&img, quality)
+                .map_err(|e| format!("{}: {e}", input.display()))?;
             write_file(&output, &bytes)
         }
         Cmd::Decode { input, output } => {
             let codec = load_codec(cli.weights.as_deref())?;
-            let img = codec.decode(&read_file(&input)?).map_err(|e| format!("{}: {e}", input.display()))?;
+            let img = codec
+                .decode(&read_file(&input)?)
+                .map_err(|e| format!("{}: {e}", input.display()))?;
             img.save_with_format(&output, image::ImageFormat::Png)
                 .map_err(|e| format!("{}: {e}", output.display()))
         }
-        Cmd::Eval { images, quality, csv, save } => eval(cli.weights.as_deref(), &images, quality, csv.as_deref(), save.as_deref()),
-        Cmd::Train { data, val, out, steps, batch, crop, beta, lr, warmup, seed, checkpoint_secs, resume } => {
-            let cfg = TrainConfig { steps, batch, crop, beta, lr, warmup, seed, checkpoint_secs };
+        Cmd::Eval {
+            images,
+            quality,
+            csv,
+            save,
+        } => eval(
+            cli.weights.as_deref(),
+            &images,
+            quality,
+            csv.as_deref(),
+            save.as_deref(),
+        ),
+        Cmd::Train {
+            data,
+            val,
+            out,
+            steps,
+            batch,
+            crop,
+            beta,
+            lr,
+            warmup,
+            seed,
+            checkpoint_secs,
+            resume,
+        } => {
+            let cfg = TrainConfig {
+                steps,
+                batch,
+                crop,
+                beta,
+                lr,
+                warmup,
+                seed,
+                checkpoint_secs,
+            };
             train_cmd(cfg, &data, val.as_deref(), &out, resume)
         }
-        Cmd::Calibrate { network, data, val, out, max_images } => {
+        Cmd::Calibrate {
+            network,
+            data,
+            val,
+            out,
+            max_images,
+        } => {
             let bytes = read_file(&network)?;
-            let vae = Vae::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", network.display()))?;
+            let vae =
+                Vae::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", network.display()))?;
             calibrate_and_save(&vae, &bytes, &data, &val, &out, max_images)
         }
     }
 }
 
-fn calibrate_and_save(vae: &Vae, network: &[u8], data: &Path, val: &Path, out: &Path, max_images: usize) -> Result<(), String> {
+fn calibrate_and_save(
+    vae: &Vae,
+    network: &[u8],
+    data: &Path,
+    val: &Path,
+    out: &Path,
+    max_images: usize,
+) -> Result<(), String> {
     let mut train_imgs = train::load_images(data)?;
     // an even spread over the sorted list, so every package is represented
     let stride = train_imgs.len().div_ceil(max_images.max(1));
     train_imgs = train_imgs.into_iter().step_by(stride.max(1)).collect();
     let val_imgs = train::load_images(val)?;
-    eprintln!("calibrating on {} training and {} validation photos", train_imgs.len(), val_imgs.len());
-    let (em, predicted) = calibrate::calibrate(vae, &train_imgs, &val_imgs, &calibrate::DEFAULT_TARGETS).map_err(|e| e.to_string())?;
+    eprintln!(
+        "calibrating on {} training and {} validation photos",
+        train_imgs.len(),
+        val_imgs.len()
+    );
+    let (em, predicted) =
+        calibrate::calibrate(vae, &train_imgs, &val_imgs, &calibrate::DEFAULT_TARGETS)
+            .map_err(|e| e.to_string())?;
     for (i, (s, p)) in em.steps.iter().zip(&predicted).enumerate() {
-        eprintln!("level {}: step x{s:.3}, predicted validation bpp {p:.3}", i + 1);
+        eprintln!(
+            "level {}: step x{s:.3}, predicted validation bpp {p:.3}",
+            i + 1
+        );
     }
-    let mut tensors = candle_core::safetensors::load_buffer(network, &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
+    let mut tensors = candle_core::safetensors::load_buffer(network, &candle_core::Device::Cpu)
+        .map_err(|e| e.to_string())?;
     tensors.retain(|k, _| !k.starts_with("entropy."));
     for (k, t) in em.to_tensors().map_err(|e| e.to_string())? {
         tensors.insert(k, t);
     }
-    train::save_with_config(&tensors, &vae.config, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    train::save_with_config(&tensors, &vae.config, out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
     let id = codec::model_id(&read_file(out)?);
     eprintln!("wrote {} (model id {id})", out.display());
     Ok(())
 }
 
-fn train_cmd(cfg: TrainConfig, data: &Path, val: Option<&Path>, out: &Path, resume: bool) -> Result<(), String> {
+fn train_cmd(
+    cfg: TrainConfig,
+    data: &Path,
+    val: Option<&Path>,
+    out: &Path,
+    resume: bool,
+) -> Result<(), String> {
     use indicatif::{ProgressBar, ProgressStyle};
     use std::io::Write;
     let images = train::load_images(data)?;
@@ -188,7 +266,8 @@ fn train_cmd(cfg: TrainConfig, data: &Path, val: Option<&Path>, out: &Path, resu
     }
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").expect("valid template"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}")
+            .expect("valid template"),
     );
     bar.set_position(trainer.step as u64);
     let started = Instant::now();
@@ -199,8 +278,16 @@ fn train_cmd(cfg: TrainConfig, data: &Path, val: Option<&Path>, out: &Path, resu
         let ips = ((s.step - first) * cfg.batch) as f64 / started.elapsed().as_secs_f64();
         let psnr = 10.0 * (255.0f64 * 255.0 / s.mse255.max(1e-9) as f64).log10();
         bar.set_position(s.step as u64);
-        bar.set_message(format!("loss {:.2} mse {:.1} ({psnr:.2} dB) kl {:.3} bpp {ips:.1} img/s", s.loss, s.mse255, s.kl_bpp));
-        writeln!(csv, "{},{},{},{psnr:.3},{},{:e},{ips:.2}", s.step, s.loss, s.mse255, s.kl_bpp, s.lr).map_err(|e| e.to_string())?;
+        bar.set_message(format!(
+            "loss {:.2} mse {:.1} ({psnr:.2} dB) kl {:.3} bpp {ips:.1} img/s",
+            s.loss, s.mse255, s.kl_bpp
+        ));
+        writeln!(
+            csv,
+            "{},{},{},{psnr:.3},{},{:e},{ips:.2}",
+            s.step, s.loss, s.mse255, s.kl_bpp, s.lr
+        )
+        .map_err(|e| e.to_string())?;
         if last_ckpt.elapsed().as_secs() >= cfg.checkpoint_secs || trainer.step == cfg.steps {
             trainer.checkpoint().map_err(|e| e.to_string())?;
             last_ckpt = Instant::now();
@@ -211,20 +298,36 @@ fn train_cmd(cfg: TrainConfig, data: &Path, val: Option<&Path>, out: &Path, resu
     trainer.export_network(&net).map_err(|e| e.to_string())?;
     let final_path = PathBuf::from(format!("{}.safetensors", out.display()));
     match val {
-        Some(val) => calibrate_and_save(&trainer.vae, &read_file(&net)?, data, val, &final_path, 120),
+        Some(val) => {
+            calibrate_and_save(&trainer.vae, &read_file(&net)?, data, val, &final_path, 120)
+        }
         None => {
-            eprintln!("no --val: wrote network only to {}; run vaeproxy calibrate", net.display());
+            eprintln!(
+                "no --val: wrote network only to {}; run vaeproxy calibrate",
+                net.display()
+            );
             Ok(())
         }
     }
 }
 
-fn eval(weights: Option<&Path>, dir: &Path, quality: u8, csv: Option<&Path>, save: Option<&Path>) -> Result<(), String> {
+fn eval(
+    weights: Option<&Path>,
+    dir: &Path,
+    quality: u8,
+    csv: Option<&Path>,
+    save: Option<&Path>,
+) -> Result<(), String> {
     let codec = load_codec(weights)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg" | "jpeg" | "webp" | "gif")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("png" | "jpg" | "jpeg" | "webp" | "gif")
+            )
+        })
         .collect();
     files.sort();
     if files.is_empty() {
@@ -232,26 +335,48 @@ fn eval(weights: Option<&Path>, dir: &Path, quality: u8, csv: Option<&Path>, sav
     }
     let mut rows = vec!["image,bytes,bpp,psnr,ms_ssim,enc_ms,dec_ms".to_string()];
     let mut sum = [0f64; 5];
-    println!("{:<16} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8}", "image", "bytes", "bpp", "psnr", "ms_ssim", "enc_ms", "dec_ms");
+    println!(
+        "{:<16} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "image", "bytes", "bpp", "psnr", "ms_ssim", "enc_ms", "dec_ms"
+    );
     for f in &files {
-        let name = f.file_name().unwrap_or_default().to_string_lossy().to_string();
-        let img = codec::read_image(&read_file(f)?, codec::DEFAULT_MAX_PIXELS).map_err(|e| format!("{}: {e}", f.display()))?;
+        let name = f
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let img = codec::read_image(&read_file(f)?, codec::DEFAULT_MAX_PIXELS)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
         let t = Instant::now();
-        let bytes = codec.encode(&img, quality).map_err(|e| format!("{}: {e}", f.display()))?;
+        let bytes = codec
+            .encode(&img, quality)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
         let enc_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        let rec = codec.decode(&bytes).map_err(|e| format!("{}: {e}", f.display()))?;
+        let rec = codec
+            .decode(&bytes)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
         let dec_ms = t.elapsed().as_secs_f64() * 1e3;
         let bpp = bytes.len() as f64 * 8.0 / (img.width() as f64 * img.height() as f64);
         let (p, m) = (quality::psnr(&img, &rec), quality::ms_ssim(&img, &rec));
-        println!("{name:<16} {:>8} {bpp:>7.4} {p:>7.2} {m:>8.4} {enc_ms:>8.1} {dec_ms:>8.1}", bytes.len());
-        rows.push(format!("{name},{},{bpp:.5},{p:.3},{m:.5},{enc_ms:.1},{dec_ms:.1}", bytes.len()));
+        println!(
+            "{name:<16} {:>8} {bpp:>7.4} {p:>7.2} {m:>8.4} {enc_ms:>8.1} {dec_ms:>8.1}",
+            bytes.len()
+        );
+        rows.push(format!(
+            "{name},{},{bpp:.5},{p:.3},{m:.5},{enc_ms:.1},{dec_ms:.1}",
+            bytes.len()
+        ));
         for (s, v) in sum.iter_mut().zip([bpp, p, m, enc_ms, dec_ms]) {
             *s += v;
         }
         if let Some(dir) = save {
-            let out = dir.join(format!("{}.q{quality}.png", f.file_stem().unwrap_or_default().to_string_lossy()));
-            rec.save(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let out = dir.join(format!(
+                "{}.q{quality}.png",
+                f.file_stem().unwrap_or_default().to_string_lossy()
+            ));
+            rec.save(&out)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
         }
     }
     if let Some(csv) = csv {

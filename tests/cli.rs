@@ -11,11 +11,22 @@ fn encode_decode_eval() {
     let dir = tempfile::tempdir().unwrap();
     let vlat = dir.path().join("a.vlat");
     let png = dir.path().join("a.png");
-    let st = bin().args(["encode", "tests/data/canyon.jpg"]).arg(&vlat).args(["--quality", "1"]).status().unwrap();
+    let st = bin()
+        .args(["encode", "tests/data/canyon.jpg"])
+        .arg(&vlat)
+        .args(["--quality", "1"])
+        .status()
+        .unwrap();
     assert!(st.success());
     let bytes = std::fs::read(&vlat).unwrap();
     assert_eq!(&bytes[..4], b"VLAT");
-    assert!(bin().arg("decode").arg(&vlat).arg(&png).status().unwrap().success());
+    assert!(bin()
+        .arg("decode")
+        .arg(&vlat)
+        .arg(&png)
+        .status()
+        .unwrap()
+        .success());
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (320, 160));
 
@@ -23,7 +34,13 @@ fn encode_decode_eval() {
     std::fs::create_dir(&imgs).unwrap();
     std::fs::copy("tests/data/canyon.jpg", imgs.join("canyon.jpg")).unwrap();
     let csv = dir.path().join("r.csv");
-    let out = bin().args(["eval", "--images"]).arg(&imgs).arg("--csv").arg(&csv).output().unwrap();
+    let out = bin()
+        .args(["eval", "--images"])
+        .arg(&imgs)
+        .arg("--csv")
+        .arg(&csv)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last = stdout.lines().last().unwrap();
@@ -39,22 +56,44 @@ fn bad_inputs_name_the_file_and_fail() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.png");
     std::fs::write(&junk, b"definitely not a png").unwrap();
-    let out = bin().arg("encode").arg(&junk).arg(dir.path().join("o.vlat")).output().unwrap();
+    let out = bin()
+        .arg("encode")
+        .arg(&junk)
+        .arg(dir.path().join("o.vlat"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("junk.png"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    let out = bin().arg("decode").arg(&junk).arg(dir.path().join("o.png")).output().unwrap();
+    let out = bin()
+        .arg("decode")
+        .arg(&junk)
+        .arg(dir.path().join("o.png"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("junk.png") && err.contains("magic"), "{err}");
 
-    let out = bin().args(["encode", "tests/data/canyon.jpg"]).arg(dir.path().join("o.vlat")).args(["--quality", "99"]).output().unwrap();
+    let out = bin()
+        .args(["encode", "tests/data/canyon.jpg"])
+        .arg(dir.path().join("o.vlat"))
+        .args(["--quality", "99"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("quality 99"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("quality 99"));
 
-    let out = bin().args(["decode", "/nonexistent/x.vlat", "/tmp/x.png"]).output().unwrap();
+    let out = bin()
+        .args(["decode", "/nonexistent/x.vlat", "/tmp/x.png"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("/nonexistent/x.vlat"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("/nonexistent/x.vlat"));
 }

@@ -20,8 +20,17 @@ fn round_trip_every_level_is_monotonic() {
         let rec = c.decode(&bytes).unwrap();
         assert_eq!(rec.dimensions(), img.dimensions());
         let p = quality::psnr(&img, &rec);
-        assert!(bytes.len() > last.0, "level {q} not larger than level {}", q - 1);
-        assert!(p > last.1 - 0.2, "level {q} psnr {p} below level {} ({})", q - 1, last.1);
+        assert!(
+            bytes.len() > last.0,
+            "level {q} not larger than level {}",
+            q - 1
+        );
+        assert!(
+            p > last.1 - 0.2,
+            "level {q} psnr {p} below level {} ({})",
+            q - 1,
+            last.1
+        );
         last = (bytes.len(), p);
     }
     // the best level must be a usable picture, far above a flat mean colour (~14 dB)
@@ -35,7 +44,9 @@ fn odd_sizes_and_jpeg_input() {
     let img = codec::read_image(&jpg, codec::DEFAULT_MAX_PIXELS).unwrap();
     for (w, h) in [(1, 1), (17, 5), (37, 53), (320, 160)] {
         let sub = image::imageops::crop_imm(&img, 0, 0, w, h).to_image();
-        let rec = c.decode(&c.encode(&sub, codec::DEFAULT_QUALITY).unwrap()).unwrap();
+        let rec = c
+            .decode(&c.encode(&sub, codec::DEFAULT_QUALITY).unwrap())
+            .unwrap();
         assert_eq!(rec.dimensions(), (w, h));
     }
 }
@@ -78,27 +89,44 @@ fn hostile_latents_are_errors() {
     other.model = wire::ModelId([9; 16]);
     let words = wire::payload_words(wire::parse(&good).unwrap().payload);
     let foreign = wire::write(&other, &words);
-    assert!(matches!(c.decode(&foreign), Err(Error::ModelMismatch { .. })));
+    assert!(matches!(
+        c.decode(&foreign),
+        Err(Error::ModelMismatch { .. })
+    ));
     // a quality level the model does not have
     let mut h = wire::parse(&good).unwrap().header;
     h.quality = 200;
-    assert!(matches!(c.decode(&wire::write(&h, &words)), Err(Error::Incompatible(_))));
+    assert!(matches!(
+        c.decode(&wire::write(&h, &words)),
+        Err(Error::Incompatible(_))
+    ));
     // junk payload with a valid frame: never a panic
     let mut h = wire::parse(&good).unwrap().header;
     h.quality = 1;
     for seed in 1..50u32 {
-        let junk: Vec<u32> = (0..seed).map(|i| i.wrapping_mul(0x9e37_79b9) ^ seed).collect();
+        let junk: Vec<u32> = (0..seed)
+            .map(|i| i.wrapping_mul(0x9e37_79b9) ^ seed)
+            .collect();
         let _ = c.decode(&wire::write(&h, &junk));
     }
 }
 
 #[test]
 fn bad_images_are_errors() {
-    assert!(matches!(codec::read_image(b"not an image", 1 << 20), Err(Error::Image(_))));
+    assert!(matches!(
+        codec::read_image(b"not an image", 1 << 20),
+        Err(Error::Image(_))
+    ));
     let png = std::fs::read("tests/data/twowings.png").unwrap();
-    assert!(matches!(codec::read_image(&png[..png.len() / 3], 1 << 24), Err(Error::Image(_))));
+    assert!(matches!(
+        codec::read_image(&png[..png.len() / 3], 1 << 24),
+        Err(Error::Image(_))
+    ));
     // the declared size is checked before any pixels are allocated
-    assert!(matches!(codec::read_image(&png, 1000), Err(Error::Image(_))));
+    assert!(matches!(
+        codec::read_image(&png, 1000),
+        Err(Error::Image(_))
+    ));
 }
 
 /// A PNG header declaring 60000x60000 pixels in a few dozen bytes is refused
@@ -116,6 +144,9 @@ fn decompression_bomb_header_is_refused() {
     png.extend_from_slice(&ihdr);
     png.extend_from_slice(&crc32fast::hash(&ihdr).to_be_bytes());
     let t = std::time::Instant::now();
-    assert!(matches!(codec::read_image(&png, codec::DEFAULT_MAX_PIXELS), Err(Error::Image(_))));
+    assert!(matches!(
+        codec::read_image(&png, codec::DEFAULT_MAX_PIXELS),
+        Err(Error::Image(_))
+    ));
     assert!(t.elapsed().as_secs() < 5);
 }

@@ -2,12 +2,22 @@
 
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
-use vaeproxy::model::train::{ckpt_path, Trainer, TrainConfig};
+use vaeproxy::model::train::{ckpt_path, TrainConfig, Trainer};
 use vaeproxy::model::Vae;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let (a, b) = (a.to_dtype(DType::F32).unwrap(), b.to_dtype(DType::F32).unwrap());
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    let (a, b) = (
+        a.to_dtype(DType::F32).unwrap(),
+        b.to_dtype(DType::F32).unwrap(),
+    );
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// tests/data/parity.safetensors comes from scripts/make_parity_fixture.py:
@@ -19,7 +29,10 @@ fn candle_forward_matches_pytorch() {
     let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
     let (mu, logvar) = vae.encode(&t["test.x"]).unwrap();
     assert!(max_diff(&mu, &t["test.mu"]) < 1e-4, "mu differs");
-    assert!(max_diff(&logvar, &t["test.logvar"]) < 1e-4, "logvar differs");
+    assert!(
+        max_diff(&logvar, &t["test.logvar"]) < 1e-4,
+        "logvar differs"
+    );
     let y = vae.decode(&mu).unwrap();
     assert!(max_diff(&y, &t["test.y"]) < 1e-4, "decoded image differs");
 }

@@ -35,17 +35,29 @@ fn collect(vae: &Vae, images: &[RgbImage], logvar_sum: Option<&mut Vec<f64>>) ->
     for img in images {
         let x = image_to_tensor(img, DOWNSCALE).unsqueeze(0)?;
         let (mu, lv) = vae.encode(&x)?;
-        let (mu, lv) = (mu.squeeze(0)?.flatten_from(1)?, lv.squeeze(0)?.flatten_from(1)?);
+        let (mu, lv) = (
+            mu.squeeze(0)?.flatten_from(1)?,
+            lv.squeeze(0)?.flatten_from(1)?,
+        );
         for c in 0..z {
             mu_all[c].extend(mu.get(c)?.to_vec1::<f32>()?);
-            lv_acc[c] += lv.get(c)?.to_vec1::<f32>()?.iter().map(|&v| v as f64).sum::<f64>();
+            lv_acc[c] += lv
+                .get(c)?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
         }
         pixels += img.width() as u64 * img.height() as u64;
     }
     if let Some(out) = logvar_sum {
         *out = lv_acc;
     }
-    Ok(Latents { z, mu: mu_all, pixels })
+    Ok(Latents {
+        z,
+        mu: mu_all,
+        pixels,
+    })
 }
 
 fn counts(mu: &[f32], step: f32) -> Vec<u64> {
@@ -61,11 +73,15 @@ fn counts(mu: &[f32], step: f32) -> Vec<u64> {
 fn rate(train: &Latents, val: &Latents, scale: &[f32], m: f32) -> (f64, Vec<f32>) {
     let mut bits = 0f64;
     let mut pmf = Vec::with_capacity(train.z * SYMBOLS);
-    for c in 0..train.z {
-        let step = m * scale[c];
-        let p = pmf_from_counts(&counts(&train.mu[c], step));
-        let vc = counts(&val.mu[c], step);
-        bits += vc.iter().zip(&p).map(|(&n, &p)| -(n as f64) * (p as f64).log2()).sum::<f64>();
+    for ((tmu, vmu), &unit) in train.mu.iter().zip(&val.mu).zip(scale) {
+        let step = m * unit;
+        let p = pmf_from_counts(&counts(tmu, step));
+        let vc = counts(vmu, step);
+        bits += vc
+            .iter()
+            .zip(&p)
+            .map(|(&n, &p)| -(n as f64) * (p as f64).log2())
+            .sum::<f64>();
         pmf.extend(p);
     }
     (bits / val.pixels as f64, pmf)
@@ -73,12 +89,20 @@ fn rate(train: &Latents, val: &Latents, scale: &[f32], m: f32) -> (f64, Vec<f32>
 
 /// Fits the entropy model for `vae` on `train`, choosing levels on `val`.
 /// Returns the model and, per level, the predicted validation bpp.
-pub fn calibrate(vae: &Vae, train: &[RgbImage], val: &[RgbImage], targets: &[f64]) -> Result<(EntropyModel, Vec<f64>)> {
+pub fn calibrate(
+    vae: &Vae,
+    train: &[RgbImage],
+    val: &[RgbImage],
+    targets: &[f64],
+) -> Result<(EntropyModel, Vec<f64>)> {
     let mut lv_sum = Vec::new();
     let tl = collect(vae, train, Some(&mut lv_sum))?;
     let vl = collect(vae, val, None)?;
     let per_channel = tl.mu[0].len() as f64;
-    let scale: Vec<f32> = lv_sum.iter().map(|s| ((0.5 * s / per_channel).exp() as f32).max(1e-4)).collect();
+    let scale: Vec<f32> = lv_sum
+        .iter()
+        .map(|s| ((0.5 * s / per_channel).exp() as f32).max(1e-4))
+        .collect();
     // geometric grid of step multipliers, coarse to fine
     let grid: Vec<f32> = (0..60).map(|i| 24.0 * 0.9f32.powi(i)).collect();
     let rates: Vec<(f32, f64, Vec<f32>)> = grid

@@ -37,12 +37,18 @@ impl EntropyModel {
     pub fn new(scale: Vec<f32>, steps: Vec<f32>, pmf: Vec<f32>) -> Result<Self> {
         let z = scale.len();
         if z == 0 || steps.is_empty() || steps.len() > 255 {
-            return Err(Error::Weights("entropy model has no channels or levels".into()));
+            return Err(Error::Weights(
+                "entropy model has no channels or levels".into(),
+            ));
         }
         if pmf.len() != steps.len() * z * SYMBOLS {
             return Err(Error::Weights("entropy.pmf has the wrong shape".into()));
         }
-        if scale.iter().chain(&steps).any(|v| !v.is_finite() || *v <= 0.0) {
+        if scale
+            .iter()
+            .chain(&steps)
+            .any(|v| !v.is_finite() || *v <= 0.0)
+        {
             return Err(Error::Weights("entropy scales must be positive".into()));
         }
         let mut models = Vec::with_capacity(steps.len());
@@ -82,20 +88,30 @@ impl EntropyModel {
     /// Reads `entropy.scale`, `entropy.steps`, `entropy.pmf` from loaded tensors.
     pub fn from_tensors(t: &HashMap<String, Tensor>) -> Result<Self> {
         let get = |k: &str| -> Result<Vec<f32>> {
-            let v = t
-                .get(k)
-                .ok_or_else(|| Error::Weights(format!("missing tensor {k} (run vaeproxy calibrate)")))?;
+            let v = t.get(k).ok_or_else(|| {
+                Error::Weights(format!("missing tensor {k} (run vaeproxy calibrate)"))
+            })?;
             Ok(v.flatten_all()?.to_vec1::<f32>()?)
         };
-        Self::new(get("entropy.scale")?, get("entropy.steps")?, get("entropy.pmf")?)
+        Self::new(
+            get("entropy.scale")?,
+            get("entropy.steps")?,
+            get("entropy.pmf")?,
+        )
     }
 
     /// The tensors to store next to the network weights.
     pub fn to_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let (l, z) = (self.levels(), self.channels());
         Ok(vec![
-            ("entropy.scale".into(), Tensor::new(self.scale.as_slice(), &Device::Cpu)?),
-            ("entropy.steps".into(), Tensor::new(self.steps.as_slice(), &Device::Cpu)?),
+            (
+                "entropy.scale".into(),
+                Tensor::new(self.scale.as_slice(), &Device::Cpu)?,
+            ),
+            (
+                "entropy.steps".into(),
+                Tensor::new(self.steps.as_slice(), &Device::Cpu)?,
+            ),
             (
                 "entropy.pmf".into(),
                 Tensor::from_vec(self.pmf.clone(), (l, z, SYMBOLS), &Device::Cpu)?,
@@ -110,7 +126,9 @@ impl EntropyModel {
         let mut coder = DefaultAnsCoder::new();
         // ANS is a stack: encode the last channel first so decoding runs forwards.
         for c in (0..z).rev() {
-            let syms = symbols[c * n..(c + 1) * n].iter().map(|&q| (q + RANGE) as usize);
+            let syms = symbols[c * n..(c + 1) * n]
+                .iter()
+                .map(|&q| (q + RANGE) as usize);
             coder
                 .encode_iid_symbols_reverse(syms, &self.models[level - 1][c])
                 .map_err(|e| Error::Payload(format!("entropy coder: {e:?}")))?;
@@ -192,14 +210,19 @@ mod tests {
             .map(|c| -(m.pmf[c * SYMBOLS + RANGE as usize] as f64).log2() * n as f64)
             .sum();
         let dead_bits = 32.0 * only_zero.len() as f64 - live_bits;
-        assert!(dead_bits < 64.0, "dead channel cost {dead_bits} bits for {n} symbols");
+        assert!(
+            dead_bits < 64.0,
+            "dead channel cost {dead_bits} bits for {n} symbols"
+        );
     }
 
     #[test]
     fn junk_words_never_panic() {
         let m = model();
         for seed in 0..200u32 {
-            let words: Vec<u32> = (0..(seed % 17)).map(|i| i.wrapping_mul(2654435761).wrapping_add(seed)).collect();
+            let words: Vec<u32> = (0..(seed % 17))
+                .map(|i| i.wrapping_mul(2654435761).wrapping_add(seed))
+                .collect();
             let _ = m.decode(1, words, 10);
         }
     }

@@ -73,7 +73,9 @@ impl Codec {
         let vae = Vae::from_safetensors(bytes).map_err(|e| Error::Weights(e.to_string()))?;
         let entropy = EntropyModel::from_tensors(&tensors)?;
         if entropy.channels() != vae.config.z {
-            return Err(Error::Weights("entropy model and network disagree on Z".into()));
+            return Err(Error::Weights(
+                "entropy model and network disagree on Z".into(),
+            ));
         }
         Ok(Self {
             vae,
@@ -119,7 +121,10 @@ impl Codec {
         let level = self.check_level(quality)?;
         let (w, h) = img.dimensions();
         if w == 0 || h == 0 || w > wire::MAX_SIDE || h > wire::MAX_SIDE {
-            return Err(Error::Image(format!("{w}x{h} is outside 1..={} per side", wire::MAX_SIDE)));
+            return Err(Error::Image(format!(
+                "{w}x{h} is outside 1..={} per side",
+                wire::MAX_SIDE
+            )));
         }
         if w as u64 * h as u64 > wire::MAX_PIXELS {
             return Err(Error::Image(format!("{w}x{h} is over the 64 Mpx limit")));
@@ -160,7 +165,9 @@ impl Codec {
         // An ANS word carries at most 32 bits and every symbol costs at least
         // ~2^-24 of a bit, so no cap on payload size is needed beyond the
         // header's own limits; the symbol count comes from checked dimensions.
-        let symbols = self.entropy.decode(level, wire::payload_words(l.payload), n)?;
+        let symbols = self
+            .entropy
+            .decode(level, wire::payload_words(l.payload), n)?;
         let z = self.vae.config.z;
         let mut vals = Vec::with_capacity(symbols.len());
         for c in 0..z {
@@ -231,9 +238,11 @@ where
             let (y0, x0) = (ty.saturating_sub(HALO), tx.saturating_sub(HALO));
             let (y1, x1) = ((ty + ch + HALO).min(gh), (tx + cw + HALO).min(gw));
             let out = f(y0, x0, y1 - y0, x1 - x0)?;
-            let out = out
-                .narrow(1, (ty - y0) * scale, ch * scale)?
-                .narrow(2, (tx - x0) * scale, cw * scale)?;
+            let out = out.narrow(1, (ty - y0) * scale, ch * scale)?.narrow(
+                2,
+                (tx - x0) * scale,
+                cw * scale,
+            )?;
             cols.push(out);
         }
         rows.push(Tensor::cat(&cols, 2)?);
@@ -282,7 +291,6 @@ fn crop(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     image::imageops::crop_imm(img, 0, 0, w, h).to_image()
 }
 
-
 /// Largest image a caller may hand to [`read_image`] by default: 64 Mpx.
 pub const DEFAULT_MAX_PIXELS: u64 = wire::MAX_PIXELS;
 
@@ -302,7 +310,9 @@ pub fn read_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
         .into_dimensions()
         .map_err(|e| Error::Image(e.to_string()))?;
     if w as u64 * h as u64 > max_pixels {
-        return Err(Error::Image(format!("{w}x{h} is over the {max_pixels}-pixel limit")));
+        return Err(Error::Image(format!(
+            "{w}x{h} is over the {max_pixels}-pixel limit"
+        )));
     }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()

@@ -36,8 +36,20 @@ pub fn ms_ssim(a: &RgbImage, b: &RgbImage) -> f64 {
     let (w, h) = (a.width() as usize, a.height() as usize);
     let mut total = 0.0;
     for c in 0..3 {
-        let pa: Vec<f64> = a.as_raw().iter().skip(c).step_by(3).map(|&v| v as f64).collect();
-        let pb: Vec<f64> = b.as_raw().iter().skip(c).step_by(3).map(|&v| v as f64).collect();
+        let pa: Vec<f64> = a
+            .as_raw()
+            .iter()
+            .skip(c)
+            .step_by(3)
+            .map(|&v| v as f64)
+            .collect();
+        let pb: Vec<f64> = b
+            .as_raw()
+            .iter()
+            .skip(c)
+            .step_by(3)
+            .map(|&v| v as f64)
+            .collect();
         total += ms_ssim_plane(pa, pb, w, h);
     }
     total / 3.0

@@ -118,7 +118,10 @@ pub struct Latent<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireError {
     /// Fewer bytes than the header + declared payload + CRC.
-    Truncated { needed: usize, got: usize },
+    Truncated {
+        needed: usize,
+        got: usize,
+    },
     BadMagic,
     UnsupportedVersion(u8),
     /// A field is outside what the format allows.
@@ -137,7 +140,10 @@ impl fmt::Display for WireError {
             }
             WireError::BadMagic => write!(f, "not a vaeproxy latent (bad magic)"),
             WireError::UnsupportedVersion(v) => {
-                write!(f, "unsupported latent format version {v} (this build reads {VERSION})")
+                write!(
+                    f,
+                    "unsupported latent format version {v} (this build reads {VERSION})"
+                )
             }
             WireError::BadField(what) => write!(f, "invalid latent header: {what}"),
             WireError::Checksum => write!(f, "latent checksum mismatch (corrupted bytes)"),
@@ -195,7 +201,7 @@ pub fn check(b: &[u8]) -> Result<usize, WireError> {
         return Err(WireError::BadField("latent grid does not match image size"));
     }
     let n = u32_at(b, 40) as usize;
-    if n % 4 != 0 {
+    if !n.is_multiple_of(4) {
         return Err(WireError::BadField("payload length not a multiple of 4"));
     }
     let total = HEADER_LEN
@@ -317,7 +323,10 @@ mod tests {
             width: u32::MAX,
             ..Header::new(ModelId([0; 16]), 1, 16, 16, 4)
         };
-        assert!(matches!(parse(&write(&h, &[])), Err(WireError::BadField(_))));
+        assert!(matches!(
+            parse(&write(&h, &[])),
+            Err(WireError::BadField(_))
+        ));
         let mut long = sample();
         long.push(0);
         assert_eq!(parse(&long), Err(WireError::TrailingBytes(1)));

@@ -71,7 +71,11 @@ impl Config {
             }
             kv.insert(k.trim().to_string(), v);
         }
-        let get = |k: &str| kv.get(k).copied().ok_or_else(|| format!("config lacks {k}"));
+        let get = |k: &str| {
+            kv.get(k)
+                .copied()
+                .ok_or_else(|| format!("config lacks {k}"))
+        };
         Ok(Self {
             c1: get("c1")?,
             c2: get("c2")?,
@@ -200,7 +204,10 @@ pub fn config_from_safetensors(bytes: &[u8]) -> Result<Config> {
         .as_ref()
         .and_then(|m| m.get(Config::METADATA_KEY))
         .ok_or_else(|| {
-            candle_core::Error::Msg(format!("weights lack the {} metadata", Config::METADATA_KEY))
+            candle_core::Error::Msg(format!(
+                "weights lack the {} metadata",
+                Config::METADATA_KEY
+            ))
         })?;
     Config::from_metadata(s).map_err(candle_core::Error::Msg)
 }

@@ -74,17 +74,32 @@ impl AdamW {
     const EPS: f64 = 1e-8;
 
     fn new(varmap: &VarMap) -> Result<Self> {
-        let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut vars: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let m = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self { vars, m, v, t: 0 })
     }
 
     fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
         let grads = loss.backward()?;
         self.t += 1;
-        let (bc1, bc2) = (1.0 - Self::B1.powi(self.t as i32), 1.0 - Self::B2.powi(self.t as i32));
+        let (bc1, bc2) = (
+            1.0 - Self::B1.powi(self.t as i32),
+            1.0 - Self::B2.powi(self.t as i32),
+        );
         // global-norm clipping at 5, as the PyTorch trainer does
         let mut sq = 0f64;
         for (_, var) in &self.vars {
@@ -94,7 +109,9 @@ impl AdamW {
         }
         let clip = (5.0 / (sq.sqrt() + 1e-6)).min(1.0);
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let g = (g * clip)?;
             self.m[i] = ((&self.m[i] * Self::B1)? + (&g * (1.0 - Self::B1))?)?;
             self.v[i] = ((&self.v[i] * Self::B2)? + (g.sqr()? * (1.0 - Self::B2))?)?;
@@ -123,7 +140,10 @@ pub fn load_images(dir: &Path) -> std::result::Result<Vec<RgbImage>, String> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             matches!(
-                p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .map(|e| e.to_ascii_lowercase())
+                    .as_deref(),
                 Some("png" | "jpg" | "jpeg" | "webp")
             )
         })
@@ -149,13 +169,26 @@ fn make_batch(images: &[RgbImage], cfg: &TrainConfig, rng: &mut impl Rng) -> Res
     for _ in 0..cfg.batch {
         let im = &images[rng.random_range(0..images.len())];
         let (w, h) = (im.width() as usize, im.height() as usize);
-        let max_scale = 2.0f64.min(w as f64 / s as f64).min(h as f64 / s as f64).max(1.0);
+        let max_scale = 2.0f64
+            .min(w as f64 / s as f64)
+            .min(h as f64 / s as f64)
+            .max(1.0);
         let scale = rng.random_range(1.0..=max_scale);
         let side = ((s as f64 * scale) as usize).min(w).min(h);
-        let (x0, y0) = (rng.random_range(0..=w - side), rng.random_range(0..=h - side));
-        let mut crop = image::imageops::crop_imm(im, x0 as u32, y0 as u32, side as u32, side as u32).to_image();
+        let (x0, y0) = (
+            rng.random_range(0..=w - side),
+            rng.random_range(0..=h - side),
+        );
+        let mut crop =
+            image::imageops::crop_imm(im, x0 as u32, y0 as u32, side as u32, side as u32)
+                .to_image();
         if side != s {
-            crop = image::imageops::resize(&crop, s as u32, s as u32, image::imageops::FilterType::Triangle);
+            crop = image::imageops::resize(
+                &crop,
+                s as u32,
+                s as u32,
+                image::imageops::FilterType::Triangle,
+            );
         }
         if rng.random_bool(0.5) {
             image::imageops::flip_horizontal_in_place(&mut crop);
@@ -172,7 +205,13 @@ fn make_batch(images: &[RgbImage], cfg: &TrainConfig, rng: &mut impl Rng) -> Res
 }
 
 /// The beta-VAE loss of one batch: `(loss, mse255, kl_bpp)`.
-pub fn vae_loss(vae: &Vae, x: &Tensor, beta: f64, noise: f64, eps: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn vae_loss(
+    vae: &Vae,
+    x: &Tensor,
+    beta: f64,
+    noise: f64,
+    eps: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (mu, logvar) = vae.encode(x)?;
     let logvar = logvar.clamp(-12f32, 6f32)?;
     let sigma = (&logvar * 0.5)?.exp()?;
@@ -225,7 +264,9 @@ impl Trainer {
                 let vals: Vec<f32> = if name.ends_with("gamma") {
                     (0..n).map(|_| init_rng.random_range(0.0..0.02)).collect()
                 } else {
-                    (0..n).map(|_| init_rng.random_range(-bound..bound) as f32).collect()
+                    (0..n)
+                        .map(|_| init_rng.random_range(-bound..bound) as f32)
+                        .collect()
                 };
                 var.set(&Tensor::from_vec(vals, t.shape(), &Device::Cpu)?)?;
             }
@@ -248,12 +289,21 @@ impl Trainer {
             step = get_step(&t)?;
             opt.t = step;
         }
-        Ok(Self { cfg, vae, varmap, opt, step, out: out.to_path_buf() })
+        Ok(Self {
+            cfg,
+            vae,
+            varmap,
+            opt,
+            step,
+            out: out.to_path_buf(),
+        })
     }
 
     /// One optimisation step on a batch drawn from `images`.
     pub fn train_step(&mut self, images: &[RgbImage]) -> Result<StepStats> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.cfg.seed ^ (self.step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            self.cfg.seed ^ (self.step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
         let x = make_batch(images, &self.cfg, &mut rng)?;
         let c = self.cfg.crop / crate::model::DOWNSCALE;
         let n = self.cfg.batch * self.vae.config.z * c * c;
@@ -282,7 +332,10 @@ impl Trainer {
             t.insert(format!("adam.m.{name}"), self.opt.m[i].clone());
             t.insert(format!("adam.v.{name}"), self.opt.v[i].clone());
         }
-        t.insert("train.step".into(), Tensor::new(&[self.step as u32], &Device::Cpu)?);
+        t.insert(
+            "train.step".into(),
+            Tensor::new(&[self.step as u32], &Device::Cpu)?,
+        );
         let path = ckpt_path(&self.out);
         let tmp = path.with_extension("tmp");
         candle_core::safetensors::save(&t, &tmp)?;
@@ -293,7 +346,10 @@ impl Trainer {
     /// The network weights alone, with the config in the metadata.
     pub fn export_network(&self, path: &Path) -> Result<()> {
         let data = self.varmap.data().lock().unwrap();
-        let tensors: HashMap<String, Tensor> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let tensors: HashMap<String, Tensor> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
         save_with_config(&tensors, &self.vae.config, path)
     }
 
@@ -323,17 +379,21 @@ pub fn ckpt_path(out: &Path) -> PathBuf {
 }
 
 /// Saves tensors as safetensors with the model config in the metadata.
-pub fn save_with_config(tensors: &HashMap<String, Tensor>, cfg: &Config, path: &Path) -> Result<()> {
+pub fn save_with_config(
+    tensors: &HashMap<String, Tensor>,
+    cfg: &Config,
+    path: &Path,
+) -> Result<()> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
-    let views: Vec<(String, Tensor)> = names.iter().map(|k| ((*k).clone(), tensors[*k].contiguous().unwrap())).collect();
+    let views: Vec<(String, Tensor)> = names
+        .iter()
+        .map(|k| ((*k).clone(), tensors[*k].contiguous().unwrap()))
+        .collect();
     let meta = HashMap::from([(Config::METADATA_KEY.to_string(), cfg.to_metadata())]);
     let tmp = path.with_extension("tmp");
-    let bytes = safetensors::serialize(
-        views.iter().map(|(k, t)| (k.as_str(), t)),
-        Some(meta),
-    )
-    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let bytes = safetensors::serialize(views.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
