@@ -44,9 +44,9 @@ fn bench(c: &mut Criterion) {
 
     set_threads(Some(1));
     let mu = codec.latent_mean(&img).unwrap();
+    let (_, h, w) = mu.dims3().unwrap();
     let symbols = codec.quantize(&mu, q as usize).unwrap();
-    let words = codec.entropy().encode(q as usize, &symbols).unwrap();
-    let n = symbols.len() / codec.entropy().channels();
+    let words = codec.entropy().encode(q as usize, &symbols, h, w).unwrap();
     let mut g = c.benchmark_group("entropy_768x512");
     g.bench_function("encode", |b| {
         b.iter(|| {

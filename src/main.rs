@@ -224,9 +224,9 @@ fn calibrate_and_save(
     let (em, predicted) =
         calibrate::calibrate(vae, &train_imgs, &val_imgs, &calibrate::DEFAULT_TARGETS)
             .map_err(|e| e.to_string())?;
-    for (i, (s, p)) in em.steps.iter().zip(&predicted).enumerate() {
+    for (i, (s, (bpp, psnr))) in em.steps.iter().zip(&predicted).enumerate() {
         eprintln!(
-            "level {}: step x{s:.3}, predicted validation bpp {p:.3}",
+            "level {}: step x{s:.3}, validation bpp {bpp:.3}, psnr {psnr:.2} dB (centre crops)",
             i + 1
         );
     }

@@ -4,13 +4,13 @@
 //!    the training photos: the decoder was trained to tolerate noise of that
 //!    size, so a step proportional to it costs little distortion.
 //! 2. For a grid of step multipliers, histograms of the quantized training
-//!    latents give per-channel probabilities, and the cross-entropy of the
-//!    held-out photos under them predicts the bit rate.
+//!    latents per channel and context give the probability tables, and the
+//!    cross-entropy of the held-out photos under them predicts the bit rate.
 //! 3. One multiplier per target rate becomes a quality level.
 //!
 //! Only training and validation photos are used; never Kodak.
 
-use crate::codec::entropy::{pmf_from_counts, EntropyModel, RANGE, SYMBOLS};
+use crate::codec::entropy::{context, pmf_from_counts, EntropyModel, CONTEXTS, RANGE, SYMBOLS};
 use crate::codec::image_to_tensor;
 use crate::error::Result;
 use crate::model::{Vae, DOWNSCALE};
@@ -19,110 +19,185 @@ use image::RgbImage;
 /// Default target rates (bits per pixel on the validation photos), one per level.
 pub const DEFAULT_TARGETS: [f64; 5] = [0.08, 0.13, 0.20, 0.30, 0.45];
 
-/// Posterior means and log-variances, channel-major, for a set of images.
+/// Posterior means of a set of images, one `[Z, h, w]` grid per image.
 struct Latents {
     z: usize,
-    /// `mu[c]` holds all values of channel `c` over all images.
-    mu: Vec<Vec<f32>>,
+    grids: Vec<(Vec<f32>, usize, usize)>,
     pixels: u64,
 }
 
-fn collect(vae: &Vae, images: &[RgbImage], logvar_sum: Option<&mut Vec<f64>>) -> Result<Latents> {
+fn collect(
+    vae: &Vae,
+    images: &[RgbImage],
+    logvar_sum: &mut [f64],
+    count: &mut u64,
+) -> Result<Latents> {
     let z = vae.config.z;
-    let mut mu_all = vec![Vec::new(); z];
-    let mut lv_acc = vec![0f64; z];
+    let mut grids = Vec::with_capacity(images.len());
     let mut pixels = 0u64;
     for img in images {
         let x = image_to_tensor(img, DOWNSCALE).unsqueeze(0)?;
         let (mu, lv) = vae.encode(&x)?;
-        let (mu, lv) = (
-            mu.squeeze(0)?.flatten_from(1)?,
-            lv.squeeze(0)?.flatten_from(1)?,
-        );
-        for c in 0..z {
-            mu_all[c].extend(mu.get(c)?.to_vec1::<f32>()?);
-            lv_acc[c] += lv
-                .get(c)?
-                .to_vec1::<f32>()?
-                .iter()
-                .map(|&v| v as f64)
-                .sum::<f64>();
+        let (_, _, h, w) = mu.dims4()?;
+        let lv = lv.squeeze(0)?.flatten_from(1)?.to_vec2::<f32>()?;
+        for (acc, row) in logvar_sum.iter_mut().zip(&lv) {
+            *acc += row.iter().map(|&v| v as f64).sum::<f64>();
         }
+        *count += (h * w) as u64;
+        grids.push((mu.flatten_all()?.to_vec1::<f32>()?, h, w));
         pixels += img.width() as u64 * img.height() as u64;
     }
-    if let Some(out) = logvar_sum {
-        *out = lv_acc;
-    }
-    Ok(Latents {
-        z,
-        mu: mu_all,
-        pixels,
-    })
+    Ok(Latents { z, grids, pixels })
 }
 
-fn counts(mu: &[f32], step: f32) -> Vec<u64> {
-    let mut c = vec![0u64; SYMBOLS];
-    for &v in mu {
-        let q = ((v / step).round() as i32).clamp(-RANGE, RANGE);
-        c[(q + RANGE) as usize] += 1;
+/// Counts `[Z][CONTEXTS][SYMBOLS]` of the latents quantized with `steps[c]`.
+fn counts(l: &Latents, steps: &[f32]) -> Vec<u64> {
+    let mut out = vec![0u64; l.z * CONTEXTS * SYMBOLS];
+    for (mu, h, w) in &l.grids {
+        let n = h * w;
+        for c in 0..l.z {
+            let q: Vec<i32> = mu[c * n..(c + 1) * n]
+                .iter()
+                .map(|&v| ((v / steps[c]).round() as i32).clamp(-RANGE, RANGE))
+                .collect();
+            for y in 0..*h {
+                for x in 0..*w {
+                    let k = context(&q, *w, y, x);
+                    out[(c * CONTEXTS + k) * SYMBOLS + (q[y * w + x] + RANGE) as usize] += 1;
+                }
+            }
+        }
     }
-    c
+    out
 }
 
-/// Estimated bpp of `val` under probabilities fit on `train` at multiplier `m`.
+/// Estimated bpp of `val` under tables fit on `train` at multiplier `m`, and the tables.
 fn rate(train: &Latents, val: &Latents, scale: &[f32], m: f32) -> (f64, Vec<f32>) {
-    let mut bits = 0f64;
-    let mut pmf = Vec::with_capacity(train.z * SYMBOLS);
-    for ((tmu, vmu), &unit) in train.mu.iter().zip(&val.mu).zip(scale) {
-        let step = m * unit;
-        let p = pmf_from_counts(&counts(tmu, step));
-        let vc = counts(vmu, step);
-        bits += vc
-            .iter()
-            .zip(&p)
-            .map(|(&n, &p)| -(n as f64) * (p as f64).log2())
-            .sum::<f64>();
-        pmf.extend(p);
-    }
+    let steps: Vec<f32> = scale.iter().map(|s| m * s).collect();
+    let pmf: Vec<f32> = counts(train, &steps)
+        .chunks(SYMBOLS)
+        .flat_map(pmf_from_counts)
+        .collect();
+    let bits: f64 = counts(val, &steps)
+        .iter()
+        .zip(&pmf)
+        .map(|(&n, &p)| -(n as f64) * (p as f64).log2())
+        .sum();
     (bits / val.pixels as f64, pmf)
 }
 
-/// Fits the entropy model for `vae` on `train`, choosing levels on `val`.
-/// Returns the model and, per level, the predicted validation bpp.
+/// PSNR of `val` crops reconstructed from latents quantized with `steps`.
+fn distortion(
+    vae: &Vae,
+    crops: &[RgbImage],
+    mus: &[candle_core::Tensor],
+    steps: &[f32],
+) -> Result<f64> {
+    let mut se = 0f64;
+    let mut n = 0f64;
+    let st = candle_core::Tensor::new(steps, &candle_core::Device::Cpu)?.reshape((
+        1,
+        steps.len(),
+        1,
+        1,
+    ))?;
+    for (img, mu) in crops.iter().zip(mus) {
+        let q = mu
+            .broadcast_div(&st)?
+            .round()?
+            .clamp(-RANGE as f32, RANGE as f32)?
+            .broadcast_mul(&st)?;
+        let rec = crate::codec::tensor_to_image(&vae.decode(&q)?.squeeze(0)?)?;
+        for (a, b) in img.as_raw().iter().zip(rec.as_raw()) {
+            let d = *a as f64 - *b as f64;
+            se += d * d;
+        }
+        n += img.as_raw().len() as f64;
+    }
+    Ok(10.0 * (255.0f64.powi(2) / (se / n).max(1e-12)).log10())
+}
+
+/// One candidate quantizer: step multiplier, validation bpp and PSNR, tables.
+struct Candidate {
+    m: f32,
+    bpp: f64,
+    psnr: f64,
+    pmf: Vec<f32>,
+}
+
+/// Fits the entropy model for `vae` on `train` and chooses the quality levels
+/// on `val`: among step multipliers on the rate-distortion frontier (more bits
+/// must buy at least `MIN_SLOPE` dB per bpp, so no level wastes bits the
+/// decoder cannot turn into quality), the ones nearest each target rate.
+/// Returns the model and, per level, the predicted validation `(bpp, psnr)`.
 pub fn calibrate(
     vae: &Vae,
     train: &[RgbImage],
     val: &[RgbImage],
     targets: &[f64],
-) -> Result<(EntropyModel, Vec<f64>)> {
-    let mut lv_sum = Vec::new();
-    let tl = collect(vae, train, Some(&mut lv_sum))?;
-    let vl = collect(vae, val, None)?;
-    let per_channel = tl.mu[0].len() as f64;
+) -> Result<(EntropyModel, Vec<(f64, f64)>)> {
+    const MIN_SLOPE: f64 = 4.0;
+    let z = vae.config.z;
+    let mut lv_sum = vec![0f64; z];
+    let mut per_channel = 0u64;
+    let tl = collect(vae, train, &mut lv_sum, &mut per_channel)?;
+    let vl = collect(vae, val, &mut vec![0f64; z], &mut 0)?;
     let scale: Vec<f32> = lv_sum
         .iter()
-        .map(|s| ((0.5 * s / per_channel).exp() as f32).max(1e-4))
+        .map(|s| ((0.5 * s / per_channel as f64).exp() as f32).max(1e-4))
         .collect();
-    // geometric grid of step multipliers, coarse to fine
-    let grid: Vec<f32> = (0..60).map(|i| 24.0 * 0.9f32.powi(i)).collect();
-    let rates: Vec<(f32, f64, Vec<f32>)> = grid
+    // centre crops of the validation photos for the distortion measurements
+    let crops: Vec<RgbImage> = val
         .iter()
-        .map(|&m| {
-            let (r, p) = rate(&tl, &vl, &scale, m);
-            (m, r, p)
+        .map(|im| {
+            let (w, h) = (
+                im.width().min(384) / 16 * 16,
+                im.height().min(384) / 16 * 16,
+            );
+            image::imageops::crop_imm(im, (im.width() - w) / 2, (im.height() - h) / 2, w, h)
+                .to_image()
         })
         .collect();
-    let mut steps = Vec::new();
-    let mut pmf = Vec::new();
-    let mut predicted = Vec::new();
-    for &t in targets {
-        let best = rates
-            .iter()
-            .min_by(|a, b| (a.1 - t).abs().total_cmp(&(b.1 - t).abs()))
-            .expect("grid is not empty");
-        steps.push(best.0);
-        pmf.extend_from_slice(&best.2);
-        predicted.push(best.1);
+    let mus = crops
+        .iter()
+        .map(|c| Ok(vae.encode(&image_to_tensor(c, DOWNSCALE).unsqueeze(0)?)?.0))
+        .collect::<Result<Vec<_>>>()?;
+    // geometric grid of step multipliers, coarse to fine
+    let mut frontier: Vec<Candidate> = Vec::new();
+    for i in 0..36 {
+        let m = 24.0 * 0.88f32.powi(i);
+        let (bpp, pmf) = rate(&tl, &vl, &scale, m);
+        let steps: Vec<f32> = scale.iter().map(|s| m * s).collect();
+        let psnr = distortion(vae, &crops, &mus, &steps)?;
+        if let Some(last) = frontier.last() {
+            if (psnr - last.psnr) / (bpp - last.bpp).max(1e-9) < MIN_SLOPE {
+                continue;
+            }
+        }
+        frontier.push(Candidate { m, bpp, psnr, pmf });
     }
+    let mut chosen: Vec<usize> = Vec::new();
+    for &t in targets {
+        let best = (0..frontier.len())
+            .min_by(|&a, &b| {
+                (frontier[a].bpp - t)
+                    .abs()
+                    .total_cmp(&(frontier[b].bpp - t).abs())
+            })
+            .expect("frontier is not empty");
+        if !chosen.contains(&best) {
+            chosen.push(best);
+        }
+    }
+    chosen.sort_unstable();
+    let steps = chosen.iter().map(|&i| frontier[i].m).collect();
+    let pmf = chosen
+        .iter()
+        .flat_map(|&i| frontier[i].pmf.clone())
+        .collect();
+    let predicted = chosen
+        .iter()
+        .map(|&i| (frontier[i].bpp, frontier[i].psnr))
+        .collect();
     Ok((EntropyModel::new(scale, steps, pmf)?, predicted))
 }

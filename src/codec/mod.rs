@@ -130,8 +130,9 @@ impl Codec {
             return Err(Error::Image(format!("{w}x{h} is over the 64 Mpx limit")));
         }
         let mu = self.latent_mean(img)?; // [Z, gh, gw]
+        let (_, gh, gw) = mu.dims3()?;
         let symbols = self.quantize(&mu, level)?;
-        let words = self.entropy.encode(level, &symbols)?;
+        let words = self.entropy.encode(level, &symbols, gh, gw)?;
         let header = Header::new(self.id, quality, w, h, self.vae.config.z as u16);
         Ok(wire::write(&header, &words))
     }
@@ -162,12 +163,11 @@ impl Codec {
         }
         let (gh, gw) = (h.latent_height as usize, h.latent_width as usize);
         let n = gh * gw;
-        // An ANS word carries at most 32 bits and every symbol costs at least
-        // ~2^-24 of a bit, so no cap on payload size is needed beyond the
-        // header's own limits; the symbol count comes from checked dimensions.
+        // The symbol count comes from dimensions `wire::check` has bounded, so
+        // memory is bounded whatever the payload holds.
         let symbols = self
             .entropy
-            .decode(level, wire::payload_words(l.payload), n)?;
+            .decode(level, wire::payload_words(l.payload), gh, gw)?;
         let z = self.vae.config.z;
         let mut vals = Vec::with_capacity(symbols.len());
         for c in 0..z {
@@ -208,45 +208,73 @@ impl Codec {
         })
     }
 
-    /// Decodes a `[Z, gh, gw]` latent to an image of the padded size, tiled when big.
+    /// Decodes a `[Z, gh, gw]` latent to an image of the padded size, tiled when
+    /// big. Each tile goes straight into the 8-bit output, so peak memory is
+    /// one tile of floats plus the final image.
     pub fn decode_latent(&self, z: &Tensor) -> Result<RgbImage> {
         let (_, gh, gw) = z.dims3()?;
         let s = DOWNSCALE;
-        let y = tiled(gh, gw, 3, s, |y0, x0, th, tw| {
+        let mut out = RgbImage::new((gw * s) as u32, (gh * s) as u32);
+        for_each_tile(gh, gw, |y0, x0, th, tw, core| {
             let t = z.narrow(1, y0, th)?.narrow(2, x0, tw)?;
-            self.vae.decode(&t.unsqueeze(0)?)?.squeeze(0)
+            let y = self.vae.decode(&t.unsqueeze(0)?)?.squeeze(0)?;
+            let (cy, cx, ch, cw) = core;
+            let y = y
+                .narrow(1, (cy - y0) * s, ch * s)?
+                .narrow(2, (cx - x0) * s, cw * s)?;
+            let tile = tensor_to_image(&y).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            image::imageops::replace(&mut out, &tile, (cx * s) as i64, (cy * s) as i64);
+            Ok(())
         })?;
-        tensor_to_image(&y)
+        Ok(out)
     }
 }
 
-/// Runs `f` over the latent grid `gh x gw`, in one pass when small, otherwise in
-/// tiles with a halo, stitching the tile centres into a `[c, gh*scale, gw*scale]` output.
-/// `f(y0, x0, th, tw)` gets a region in latent cells and returns `[c, th*scale, tw*scale]`.
-fn tiled<F>(gh: usize, gw: usize, c: usize, scale: usize, f: F) -> Result<Tensor>
+/// Calls `f(y0, x0, th, tw, (core_y, core_x, core_h, core_w))` for each tile of
+/// the latent grid: the region to compute (core plus halo) and the core to
+/// keep. Small grids are one tile with no halo.
+fn for_each_tile<F>(gh: usize, gw: usize, mut f: F) -> candle_core::Result<()>
 where
-    F: Fn(usize, usize, usize, usize) -> candle_core::Result<Tensor>,
+    F: FnMut(usize, usize, usize, usize, (usize, usize, usize, usize)) -> candle_core::Result<()>,
 {
     if gh * gw <= SINGLE_PASS_CELLS {
-        return Ok(f(0, 0, gh, gw)?);
+        return f(0, 0, gh, gw, (0, 0, gh, gw));
     }
-    let mut rows = Vec::new();
     for ty in (0..gh).step_by(TILE) {
-        let mut cols = Vec::new();
         for tx in (0..gw).step_by(TILE) {
             let (ch, cw) = (TILE.min(gh - ty), TILE.min(gw - tx));
             let (y0, x0) = (ty.saturating_sub(HALO), tx.saturating_sub(HALO));
             let (y1, x1) = ((ty + ch + HALO).min(gh), (tx + cw + HALO).min(gw));
-            let out = f(y0, x0, y1 - y0, x1 - x0)?;
-            let out = out.narrow(1, (ty - y0) * scale, ch * scale)?.narrow(
-                2,
-                (tx - x0) * scale,
-                cw * scale,
-            )?;
-            cols.push(out);
+            f(y0, x0, y1 - y0, x1 - x0, (ty, tx, ch, cw))?;
         }
-        rows.push(Tensor::cat(&cols, 2)?);
     }
+    Ok(())
+}
+
+/// Runs `f` over the latent grid `gh x gw` tile by tile and stitches the tile
+/// cores into a `[c, gh*scale, gw*scale]` output. `f(y0, x0, th, tw)` gets a
+/// region in latent cells and returns `[c, th*scale, tw*scale]`.
+fn tiled<F>(gh: usize, gw: usize, c: usize, scale: usize, f: F) -> Result<Tensor>
+where
+    F: Fn(usize, usize, usize, usize) -> candle_core::Result<Tensor>,
+{
+    let mut rows: Vec<Vec<Tensor>> = Vec::new();
+    let mut last_row = usize::MAX;
+    for_each_tile(gh, gw, |y0, x0, th, tw, (cy, cx, ch, cw)| {
+        let out = f(y0, x0, th, tw)?
+            .narrow(1, (cy - y0) * scale, ch * scale)?
+            .narrow(2, (cx - x0) * scale, cw * scale)?;
+        if cy != last_row {
+            rows.push(Vec::new());
+            last_row = cy;
+        }
+        rows.last_mut().expect("pushed above").push(out);
+        Ok(())
+    })?;
+    let rows = rows
+        .iter()
+        .map(|r| Tensor::cat(r, 2))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let out = Tensor::cat(&rows, 1)?;
     debug_assert_eq!(out.dims(), &[c, gh * scale, gw * scale]);
     Ok(out)
