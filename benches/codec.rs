@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             codec
                 .entropy()
-                .encode(q as usize, black_box(&symbols))
+                .encode(q as usize, black_box(&symbols), h, w)
                 .unwrap()
         })
     });
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             codec
                 .entropy()
-                .decode(q as usize, black_box(words.clone()), n)
+                .decode(q as usize, black_box(words.clone()), h, w)
                 .unwrap()
         })
     });

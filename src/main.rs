@@ -32,6 +32,8 @@ enum Cmd {
         #[arg(long, short, default_value_t = codec::DEFAULT_QUALITY)]
         quality: u8,
     },
+    /// Print the model id, architecture and quality levels of the weights.
+    Info,
     /// Decode a .vlat latent file into a PNG.
     Decode { input: PathBuf, output: PathBuf },
     /// Encode and decode every image in a directory; print size and quality.
@@ -141,6 +143,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 .encode(&img, quality)
                 .map_err(|e| format!("{}: {e}", input.display()))?;
             write_file(&output, &bytes)
+        }
+        Cmd::Info => {
+            let codec = load_codec(cli.weights.as_deref())?;
+            let c = codec.vae().config;
+            println!("model_id={}", codec.id());
+            println!("config c1={} c2={} c3={} z={}", c.c1, c.c2, c.c3, c.z);
+            println!("levels={}", codec.levels());
+            for (i, s) in codec.entropy().steps.iter().enumerate() {
+                println!("level {} step_multiplier={s:.4}", i + 1);
+            }
+            Ok(())
         }
         Cmd::Decode { input, output } => {
             let codec = load_codec(cli.weights.as_deref())?;

@@ -17,7 +17,7 @@ use crate::model::{Vae, DOWNSCALE};
 use image::RgbImage;
 
 /// Default target rates (bits per pixel on the validation photos), one per level.
-pub const DEFAULT_TARGETS: [f64; 5] = [0.08, 0.13, 0.20, 0.30, 0.45];
+pub const DEFAULT_TARGETS: [f64; 5] = [0.085, 0.13, 0.19, 0.26, 0.36];
 
 /// Posterior means of a set of images, one `[Z, h, w]` grid per image.
 struct Latents {
@@ -136,7 +136,7 @@ pub fn calibrate(
     val: &[RgbImage],
     targets: &[f64],
 ) -> Result<(EntropyModel, Vec<(f64, f64)>)> {
-    const MIN_SLOPE: f64 = 4.0;
+    const MIN_SLOPE: f64 = 2.5;
     let z = vae.config.z;
     let mut lv_sum = vec![0f64; z];
     let mut per_channel = 0u64;
@@ -164,8 +164,8 @@ pub fn calibrate(
         .collect::<Result<Vec<_>>>()?;
     // geometric grid of step multipliers, coarse to fine
     let mut frontier: Vec<Candidate> = Vec::new();
-    for i in 0..36 {
-        let m = 24.0 * 0.88f32.powi(i);
+    for i in 0..44 {
+        let m = 64.0 * 0.88f32.powi(i);
         let (bpp, pmf) = rate(&tl, &vl, &scale, m);
         let steps: Vec<f32> = scale.iter().map(|s| m * s).collect();
         let psnr = distortion(vae, &crops, &mus, &steps)?;

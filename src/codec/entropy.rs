@@ -267,7 +267,8 @@ mod tests {
     fn contexts_read_only_coded_neighbours() {
         let g = vec![0, 3, -1, 0, 0, 2];
         assert_eq!(context(&g, 3, 0, 0), 0);
-        assert_eq!(context(&g, 3, 0, 2), 4); // left 3
+        assert_eq!(context(&g, 3, 0, 2), 3); // left 3
+        assert_eq!(context(&[9, 0], 2, 0, 1), 4); // left 9
         assert_eq!(context(&g, 3, 1, 0), 0); // up 0
         assert_eq!(context(&g, 3, 1, 2), 1); // left 0, up -1
     }
