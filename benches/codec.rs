@@ -13,15 +13,21 @@ fn photo() -> image::RgbImage {
     image::imageops::resize(&img, 768, 512, image::imageops::FilterType::Triangle)
 }
 
-fn set_threads(n: Option<usize>) -> String {
-    // candle reads RAYON_NUM_THREADS on every op, so this switches per bench.
+/// A rayon pool of `n` threads (default: all cores). candle's CPU ops run on
+/// the current rayon pool and size their work split by RAYON_NUM_THREADS, so
+/// both are set per bench.
+fn pool(n: Option<usize>) -> (rayon::ThreadPool, String) {
     let n = n.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    format!("{n}t")
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .unwrap();
+    (p, format!("{n}t"))
 }
 
 fn bench(c: &mut Criterion) {
@@ -32,17 +38,17 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec_768x512");
     g.sample_size(10);
     for threads in [Some(1), None] {
-        let t = set_threads(threads);
+        let (p, t) = pool(threads);
         g.bench_function(format!("encode_{t}"), |b| {
-            b.iter(|| codec.encode(black_box(&img), q).unwrap())
+            b.iter(|| p.install(|| codec.encode(black_box(&img), q).unwrap()))
         });
         g.bench_function(format!("decode_{t}"), |b| {
-            b.iter(|| codec.decode(black_box(&bytes)).unwrap())
+            b.iter(|| p.install(|| codec.decode(black_box(&bytes)).unwrap()))
         });
     }
     g.finish();
 
-    set_threads(Some(1));
+    let _ = pool(Some(1));
     let mu = codec.latent_mean(&img).unwrap();
     let (_, h, w) = mu.dims3().unwrap();
     let symbols = codec.quantize(&mu, q as usize).unwrap();
