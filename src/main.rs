@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+use vaeproxy::client::Decoder;
 use vaeproxy::codec::{self, calibrate, quality, Codec};
 use vaeproxy::model::train::{self, TrainConfig, Trainer};
 use vaeproxy::model::Vae;
@@ -156,8 +157,12 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Decode { input, output } => {
-            let codec = load_codec(cli.weights.as_deref())?;
-            let img = codec
+            // the CLI decodes through the same library apps embed
+            let decoder = match cli.weights.as_deref() {
+                Some(p) => Decoder::from_path(p).map_err(|e| format!("{}: {e}", p.display()))?,
+                None => Decoder::shipped().map_err(|e| format!("built-in weights: {e}"))?,
+            };
+            let img = decoder
                 .decode(&read_file(&input)?)
                 .map_err(|e| format!("{}: {e}", input.display()))?;
             img.save_with_format(&output, image::ImageFormat::Png)
