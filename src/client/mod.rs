@@ -88,12 +88,16 @@ mod fetch {
     /// Why `fetch_image` produced no picture.
     #[derive(Debug, thiserror::Error)]
     pub enum FetchError {
+        /// The URL could not be parsed or used (only `http://` is supported).
         #[error("bad url: {0}")]
         Url(String),
+        /// Connecting, sending or reading the body failed (or the body passed `MAX_BODY`).
         #[error("request failed: {0}")]
         Http(String),
+        /// The server answered with a non-2xx status.
         #[error("server answered {0}")]
         Status(hyper::StatusCode),
+        /// The body was neither a decodable latent nor a decodable image.
         #[error(transparent)]
         Decode(#[from] DecodeError),
     }
