@@ -84,11 +84,6 @@ impl Codec {
         })
     }
 
-    /// Builds a codec from parts (used by calibration before the file exists).
-    pub fn from_parts(vae: Vae, entropy: EntropyModel, id: ModelId) -> Self {
-        Self { vae, entropy, id }
-    }
-
     pub fn id(&self) -> ModelId {
         self.id
     }

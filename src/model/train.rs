@@ -17,7 +17,6 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Hyper-parameters of a training run.
 #[derive(Debug, Clone)]
@@ -351,10 +350,6 @@ impl Trainer {
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect();
         save_with_config(&tensors, &self.vae.config, path)
-    }
-
-    pub fn elapsed_hint(&self, started: Instant) -> f64 {
-        started.elapsed().as_secs_f64()
     }
 }
 
