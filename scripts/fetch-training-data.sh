@@ -3,7 +3,7 @@
 #
 # Only packages holding real photographs are used (looked at by hand); most
 # wallpaper packages are rendered art, which would teach the codec the wrong
-# statistics. Kodak (../shared/kodak) is never used here: it is for reporting.
+# statistics. The Kodak set is never used here: it is for reporting only.
 #
 # Output: data/train/*.png, data/val/*.png (longest side <= 1024 px, so the
 # JPEG blocking of the sources is mostly averaged away), data/SOURCES.tsv
