@@ -60,22 +60,8 @@ enum Cmd {
         /// Output name: writes OUT.safetensors, OUT.ckpt.safetensors and OUT.csv.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = TrainConfig::default().steps)]
-        steps: usize,
-        #[arg(long, default_value_t = TrainConfig::default().batch)]
-        batch: usize,
-        #[arg(long, default_value_t = TrainConfig::default().crop)]
-        crop: usize,
-        #[arg(long, default_value_t = TrainConfig::default().beta)]
-        beta: f64,
-        #[arg(long, default_value_t = TrainConfig::default().lr)]
-        lr: f64,
-        #[arg(long, default_value_t = TrainConfig::default().warmup)]
-        warmup: usize,
-        #[arg(long, default_value_t = TrainConfig::default().seed)]
-        seed: u64,
-        #[arg(long, default_value_t = TrainConfig::default().checkpoint_secs)]
-        checkpoint_secs: u64,
+        #[command(flatten)]
+        config: TrainConfig,
         /// Continue from OUT.ckpt.safetensors.
         #[arg(long)]
         resume: bool,
@@ -184,28 +170,9 @@ fn run(cli: Cli) -> Result<(), String> {
             data,
             val,
             out,
-            steps,
-            batch,
-            crop,
-            beta,
-            lr,
-            warmup,
-            seed,
-            checkpoint_secs,
+            config,
             resume,
-        } => {
-            let cfg = TrainConfig {
-                steps,
-                batch,
-                crop,
-                beta,
-                lr,
-                warmup,
-                seed,
-                checkpoint_secs,
-            };
-            train_cmd(cfg, &data, val.as_deref(), &out, resume)
-        }
+        } => train_cmd(config, &data, val.as_deref(), &out, resume),
         Cmd::Calibrate {
             network,
             data,

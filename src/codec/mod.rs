@@ -70,8 +70,10 @@ impl Codec {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
             .map_err(|e| Error::Weights(format!("not a safetensors file: {e}")))?;
-        let vae = Vae::from_safetensors(bytes).map_err(|e| Error::Weights(e.to_string()))?;
         let entropy = EntropyModel::from_tensors(&tensors)?;
+        let config = crate::model::config_from_safetensors(bytes)
+            .map_err(|e| Error::Weights(e.to_string()))?;
+        let vae = Vae::from_tensors(tensors, config).map_err(|e| Error::Weights(e.to_string()))?;
         if entropy.channels() != vae.config.z {
             return Err(Error::Weights(
                 "entropy model and network disagree on Z".into(),

@@ -36,23 +36,19 @@ pub fn ms_ssim(a: &RgbImage, b: &RgbImage) -> f64 {
     let (w, h) = (a.width() as usize, a.height() as usize);
     let mut total = 0.0;
     for c in 0..3 {
-        let pa: Vec<f64> = a
-            .as_raw()
-            .iter()
-            .skip(c)
-            .step_by(3)
-            .map(|&v| v as f64)
-            .collect();
-        let pb: Vec<f64> = b
-            .as_raw()
-            .iter()
-            .skip(c)
-            .step_by(3)
-            .map(|&v| v as f64)
-            .collect();
-        total += ms_ssim_plane(pa, pb, w, h);
+        total += ms_ssim_plane(plane(a, c), plane(b, c), w, h);
     }
     total / 3.0
+}
+
+/// Channel `c` of an RGB image as f64 samples.
+fn plane(img: &RgbImage, c: usize) -> Vec<f64> {
+    img.as_raw()
+        .iter()
+        .skip(c)
+        .step_by(3)
+        .map(|&v| v as f64)
+        .collect()
 }
 
 fn ms_ssim_plane(mut a: Vec<f64>, mut b: Vec<f64>, mut w: usize, mut h: usize) -> f64 {

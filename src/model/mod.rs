@@ -178,8 +178,12 @@ impl Vae {
 
     /// Loads from the bytes of a safetensors file (the config comes from its metadata).
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
-        let config = config_from_safetensors(bytes)?;
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
+        Self::from_tensors(tensors, config_from_safetensors(bytes)?)
+    }
+
+    /// Builds the network from already loaded tensors (extra tensors are ignored).
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, config: Config) -> Result<Self> {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         Self::new(vb, config)
     }

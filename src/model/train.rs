@@ -18,19 +18,27 @@ use rand_distr::{Distribution, StandardNormal};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Hyper-parameters of a training run.
-#[derive(Debug, Clone)]
+/// Hyper-parameters of a training run (also the `vaeproxy train` flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct TrainConfig {
+    #[arg(long, default_value_t = TrainConfig::default().steps)]
     pub steps: usize,
+    #[arg(long, default_value_t = TrainConfig::default().batch)]
     pub batch: usize,
+    #[arg(long, default_value_t = TrainConfig::default().crop)]
     pub crop: usize,
     /// Weight of the KL term (bits per pixel) against MSE in 8-bit units.
+    #[arg(long, default_value_t = TrainConfig::default().beta)]
     pub beta: f64,
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
     pub lr: f64,
     /// Steps over which the KL weight and the sampling noise ramp from 0 to 1.
+    #[arg(long, default_value_t = TrainConfig::default().warmup)]
     pub warmup: usize,
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
     /// Seconds between checkpoints.
+    #[arg(long, default_value_t = TrainConfig::default().checkpoint_secs)]
     pub checkpoint_secs: u64,
 }
 
