@@ -35,3 +35,39 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why the proxy answered a request itself instead of relaying the origin.
+/// Each variant knows its HTTP status; the text is the reason sent to the client.
+#[cfg(feature = "server")]
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HttpError {
+    /// The request is malformed or breaks a limit (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No route serves this host/path: the proxy is not an open proxy (404).
+    #[error("{0}")]
+    NoRoute(String),
+    /// The request body is over the configured limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The origin could not be reached or broke the protocol (502).
+    #[error("{0}")]
+    BadGateway(String),
+    /// The origin took too long (504), or only-if-cached missed.
+    #[error("{0}")]
+    GatewayTimeout(String),
+}
+
+#[cfg(feature = "server")]
+impl HttpError {
+    pub fn status(&self) -> hyper::StatusCode {
+        use hyper::StatusCode as S;
+        match self {
+            HttpError::BadRequest(_) => S::BAD_REQUEST,
+            HttpError::NoRoute(_) => S::NOT_FOUND,
+            HttpError::TooLarge(_) => S::PAYLOAD_TOO_LARGE,
+            HttpError::BadGateway(_) => S::BAD_GATEWAY,
+            HttpError::GatewayTimeout(_) => S::GATEWAY_TIMEOUT,
+        }
+    }
+}

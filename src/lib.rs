@@ -8,7 +8,19 @@
 //!   entropy model (`codec::entropy`), calibration and quality metrics.
 //! - [`latent::wire`]: the `.vlat` wire format; depends on nothing else here.
 //! - [`client`]: the decode library for apps (`Decoder`).
-//! - [`error`]: the codec's error type.
+//! - [`error`]: the codec's error type and the proxy's `HttpError`.
+//!
+//! The proxy (feature `server`):
+//! - [`config`]: `config/vaeproxy.toml`, validated once at startup.
+//! - [`server`]: accept loop, connection limit, graceful shutdown ([`shutdown`]).
+//! - [`proxy`]: the request phases (route, cache, upstream, transform,
+//!   negotiate, log); `proxy::upstream` (origins, client, bodies),
+//!   `proxy::negotiate` (latent or original), `proxy::transform` (image
+//!   -> latent with guards).
+//! - [`cache`]: the moka-backed HTTP cache; `cache::freshness` (RFC 9111
+//!   rules), `cache::key` (primary key and Vary).
+//! - `codec::pool`: the bounded model pool, the only path from async code to candle.
+//! - [`metrics`]: Prometheus counters; [`demo`]: the built-in demo origin.
 //!
 //! CPU-heavy work (encode, decode, sampling) is synchronous: async code must
 //! reach it through a bounded blocking pool, never call it on a runtime thread.
@@ -18,6 +30,21 @@ pub mod codec;
 pub mod error;
 pub mod latent;
 pub mod model;
+
+#[cfg(feature = "server")]
+pub mod cache;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod demo;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod proxy;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod shutdown;
 
 pub use codec::Codec;
 pub use error::{Error, Result};

@@ -19,12 +19,15 @@ struct Cli {
     /// Weights file (safetensors with the entropy model); default: the weights built into the binary.
     #[arg(long, global = true)]
     weights: Option<PathBuf>,
+    /// Default: `serve` with `config/vaeproxy.toml`.
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the caching reverse proxy (the default when no command is given).
+    Serve(ServeArgs),
     /// Encode an image (JPEG/PNG/WebP/GIF still) into a .vlat latent file.
     Encode {
         input: PathBuf,
@@ -83,6 +86,19 @@ enum Cmd {
     },
 }
 
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Configuration file [default: config/vaeproxy.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address, overriding the config's `listen`.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Replace the config's routes with one catch-all route to this origin (http://host:port).
+    #[arg(long)]
+    origin: Option<String>,
+}
+
 fn main() -> ExitCode {
     // candle re-reads /proc/cpuinfo on every thread-count lookup when this is unset.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
@@ -116,8 +132,63 @@ fn write_file(p: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::write(p, bytes).map_err(|e| format!("{}: {e}", p.display()))
 }
 
+fn serve(args: ServeArgs, weights: Option<PathBuf>) -> Result<(), String> {
+    use vaeproxy::config::Config;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let default_path = PathBuf::from("config/vaeproxy.toml");
+    let mut cfg = match (&args.config, &args.origin) {
+        (Some(p), _) => Config::load(p).map_err(|e| e.to_string())?,
+        (None, Some(_)) if !default_path.exists() => Config::default(),
+        (None, _) => Config::load(&default_path).map_err(|e| e.to_string())?,
+    };
+    if let Some(origin) = &args.origin {
+        cfg = cfg.with_single_origin(origin).map_err(|e| e.to_string())?;
+    }
+    if let Some(listen) = args.listen {
+        cfg.listen = listen;
+    }
+    let weights = weights.or_else(|| cfg.codec.weights.clone());
+    let codec = std::sync::Arc::new(load_codec(weights.as_deref())?);
+    if usize::from(cfg.codec.quality) > usize::from(codec.levels()) {
+        return Err(format!(
+            "codec.quality: {} but the weights have {} levels",
+            cfg.codec.quality,
+            codec.levels()
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+        let limits = cfg.limits.clone();
+        let routes: Vec<String> = cfg.routes.iter().map(|r| r.origin.clone()).collect();
+        let proxy = vaeproxy::server::build(cfg, codec).await?;
+        tracing::info!(
+            "vaeproxy listening on http://{} (model {}, origins: {})",
+            listener.local_addr().map_err(|e| e.to_string())?,
+            proxy.pool().codec().id().to_hex(),
+            routes.join(", ")
+        );
+        vaeproxy::server::run(listener, proxy, &limits, vaeproxy::shutdown::signal()).await;
+        Ok(())
+    })
+}
+
 fn run(cli: Cli) -> Result<(), String> {
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        return serve(ServeArgs::default(), cli.weights);
+    };
+    match cmd {
+        Cmd::Serve(args) => serve(args, cli.weights),
         Cmd::Encode {
             input,
             output,

@@ -7,6 +7,8 @@
 
 pub mod calibrate;
 pub mod entropy;
+#[cfg(feature = "server")]
+pub mod pool;
 pub mod quality;
 
 use crate::error::{Error, Result};
@@ -324,6 +326,12 @@ pub const DEFAULT_MAX_PIXELS: u64 = wire::MAX_PIXELS;
 /// dimensions are checked before the pixel buffer is allocated, so a
 /// decompression bomb fails fast with a small footprint.
 pub fn read_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
+    Ok(read_dynamic(bytes, max_pixels)?.to_rgb8())
+}
+
+/// [`read_image`] without the conversion to RGB, for callers that look at
+/// alpha. Errors over a limit say "limit" so they can be told from corrupt data.
+pub fn read_dynamic(bytes: &[u8], max_pixels: u64) -> Result<image::DynamicImage> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(e.to_string()))?;
@@ -343,8 +351,10 @@ pub fn read_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
         .with_guessed_format()
         .map_err(|e| Error::Image(e.to_string()))?;
     reader.limits(limits_for(max_pixels));
-    let img = reader.decode().map_err(|e| Error::Image(e.to_string()))?;
-    Ok(img.to_rgb8())
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(l) => Error::Image(format!("image over a memory limit: {l}")),
+        e => Error::Image(e.to_string()),
+    })
 }
 
 /// Decoded RGBA8 worst case plus decoder scratch.

@@ -1,0 +1,545 @@
+//! RFC 9111 as pure functions over headers and times: which responses a
+//! shared cache may store (section 3), how long they stay fresh (4.2.1,
+//! heuristics 4.2.2), how old they are (4.2.3), and what a request's own
+//! `Cache-Control` allows (5.2.1). No I/O here, so every rule is unit-tested.
+
+use hyper::header::{self, HeaderMap, HeaderName};
+use hyper::{Method, StatusCode};
+use std::time::{Duration, SystemTime};
+
+/// delta-seconds larger than this are taken as this (RFC 9111 1.2.2).
+const MAX_DELTA: u64 = 2_147_483_648;
+
+/// Parsed `Cache-Control` directives (response or request).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Directives {
+    pub no_store: bool,
+    /// `no-cache` without field names: every use needs revalidation.
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub no_transform: bool,
+    pub only_if_cached: bool,
+    /// `Some(None)` marks a present but invalid value, which makes a response stale.
+    pub max_age: Option<Option<u64>>,
+    pub s_maxage: Option<Option<u64>>,
+    /// Request `max-stale`: `Some(None)` = any staleness.
+    pub max_stale: Option<Option<u64>>,
+    pub min_fresh: Option<u64>,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+}
+
+/// Parses every `Cache-Control` line of `headers`. Unknown directives are
+/// ignored; for duplicated ones the first occurrence is used (9111 4.2.1).
+pub fn directives(headers: &HeaderMap) -> Directives {
+    let mut d = Directives::default();
+    let mut seen: Vec<String> = Vec::new();
+    for line in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(line) = line.to_str() else { continue };
+        for (name, value) in split_directives(line) {
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name.clone());
+            let secs = || value.as_deref().and_then(parse_delta);
+            match name.as_str() {
+                "no-store" => d.no_store = true,
+                // `no-cache="field"` only forbids reusing those fields; treating
+                // it like plain no-cache is the conservative reading.
+                "no-cache" => d.no_cache = true,
+                "private" => d.private = true,
+                "public" => d.public = true,
+                "must-revalidate" => d.must_revalidate = true,
+                "proxy-revalidate" => d.proxy_revalidate = true,
+                "no-transform" => d.no_transform = true,
+                "only-if-cached" => d.only_if_cached = true,
+                "max-age" => d.max_age = Some(secs()),
+                "s-maxage" => d.s_maxage = Some(secs()),
+                "max-stale" => d.max_stale = Some(secs()),
+                "min-fresh" => d.min_fresh = secs(),
+                "stale-while-revalidate" => d.stale_while_revalidate = secs(),
+                "stale-if-error" => d.stale_if_error = secs(),
+                _ => {}
+            }
+        }
+    }
+    d
+}
+
+/// `a, b=1, c="x, y"` -> [(a, None), (b, Some(1)), (c, Some(x, y))], names lowercased.
+fn split_directives(line: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return out;
+        }
+        let mut name = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ',' {
+                break;
+            }
+            name.push(c.to_ascii_lowercase());
+            chars.next();
+        }
+        let name = name.trim().to_string();
+        let mut value = None;
+        if chars.peek() == Some(&'=') {
+            chars.next();
+            let mut v = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => {
+                            if let Some(e) = chars.next() {
+                                v.push(e)
+                            }
+                        }
+                        c => v.push(c),
+                    }
+                }
+                // Skip anything between the closing quote and the next comma.
+                while chars.peek().is_some_and(|c| *c != ',') {
+                    chars.next();
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == ',' {
+                        break;
+                    }
+                    v.push(c);
+                    chars.next();
+                }
+                v = v.trim().to_string();
+            }
+            value = Some(v);
+        }
+        if !name.is_empty() {
+            out.push((name, value));
+        }
+    }
+}
+
+/// delta-seconds: digits only, capped at 2^31.
+fn parse_delta(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse::<u64>().unwrap_or(MAX_DELTA).min(MAX_DELTA))
+}
+
+/// An HTTP-date header, if present exactly once and valid.
+pub fn date_header(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+    let mut values = headers.get_all(name).iter();
+    let v = values.next()?;
+    httpdate::parse_http_date(v.to_str().ok()?.trim()).ok()
+}
+
+/// `Age`: the first value if it is a valid delta-seconds.
+pub fn age_header(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(header::AGE)?.to_str().ok()?;
+    parse_delta(v.split(',').next()?.trim())
+}
+
+/// Status codes a cache may store without explicit freshness (9110 15.1).
+pub fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Whether a shared cache may store this response to this request (9111 3, 3.5).
+pub fn storable(
+    method: &Method,
+    req_headers: &HeaderMap,
+    status: StatusCode,
+    resp_headers: &HeaderMap,
+) -> bool {
+    if method != Method::GET {
+        return false;
+    }
+    // 206 needs range merging, which this cache does not do; 1xx are not final.
+    if status.is_informational() || status == StatusCode::PARTIAL_CONTENT {
+        return false;
+    }
+    // Only statuses whose semantics we understand (9111 3: "understood").
+    if !matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    ) {
+        return false;
+    }
+    let req = directives(req_headers);
+    let resp = directives(resp_headers);
+    if req.no_store || resp.no_store || resp.private {
+        return false;
+    }
+    if resp_headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .map_or(true, |s| s.split(',').any(|f| f.trim() == "*"))
+    }) {
+        return false;
+    }
+    if req_headers.contains_key(header::AUTHORIZATION)
+        && !(resp.must_revalidate || resp.public || resp.s_maxage.is_some())
+    {
+        return false;
+    }
+    resp.public
+        || resp.max_age.is_some()
+        || resp.s_maxage.is_some()
+        || resp_headers.contains_key(header::EXPIRES)
+        || heuristically_cacheable(status)
+}
+
+/// How a stored response may be reused, fixed when it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Freshness {
+    /// Freshness lifetime (4.2.1); zero when it must be revalidated.
+    pub lifetime: Duration,
+    /// corrected_initial_age (4.2.3), measured at `response_time`.
+    pub initial_age: Duration,
+    /// When the response was received.
+    pub response_time: SystemTime,
+    /// must-revalidate, proxy-revalidate or s-maxage: never serve stale (4.2.4).
+    pub no_stale: bool,
+    /// `no-cache`: revalidate before every use.
+    pub always_revalidate: bool,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+}
+
+/// Heuristic freshness parameters from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Heuristic {
+    pub fraction: f64,
+    pub max: Duration,
+}
+
+impl Freshness {
+    /// Computes freshness for a response received at `response_time` to a
+    /// request sent at `request_time`.
+    pub fn of(
+        status: StatusCode,
+        headers: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        heuristic: Heuristic,
+    ) -> Freshness {
+        let d = directives(headers);
+        let date = date_header(headers, &header::DATE).unwrap_or(response_time);
+        let lifetime = match (d.s_maxage, d.max_age) {
+            (Some(s), _) => Duration::from_secs(s.unwrap_or(0)),
+            (None, Some(m)) => Duration::from_secs(m.unwrap_or(0)),
+            (None, None) => {
+                if headers.contains_key(header::EXPIRES) {
+                    // An invalid or repeated Expires means "already expired".
+                    let several = headers.get_all(header::EXPIRES).iter().count() > 1;
+                    match date_header(headers, &header::EXPIRES) {
+                        Some(exp) if !several => exp.duration_since(date).unwrap_or_default(),
+                        _ => Duration::ZERO,
+                    }
+                } else if heuristically_cacheable(status) || d.public {
+                    match date_header(headers, &header::LAST_MODIFIED) {
+                        Some(lm) => {
+                            let since = date.duration_since(lm).unwrap_or_default();
+                            since.mul_f64(heuristic.fraction).min(heuristic.max)
+                        }
+                        None => Duration::ZERO,
+                    }
+                } else {
+                    Duration::ZERO
+                }
+            }
+        };
+        let apparent_age = response_time.duration_since(date).unwrap_or_default();
+        let response_delay = response_time
+            .duration_since(request_time)
+            .unwrap_or_default();
+        let age_value = Duration::from_secs(age_header(headers).unwrap_or(0));
+        let initial_age = apparent_age.max(age_value + response_delay);
+        Freshness {
+            lifetime,
+            initial_age,
+            response_time,
+            no_stale: d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some(),
+            always_revalidate: d.no_cache,
+            stale_while_revalidate: d.stale_while_revalidate,
+            stale_if_error: d.stale_if_error,
+        }
+    }
+
+    /// current_age (4.2.3) at `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age + now.duration_since(self.response_time).unwrap_or_default()
+    }
+
+    /// Remaining freshness at `now` (zero when stale).
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        self.lifetime.saturating_sub(self.age(now))
+    }
+
+    /// How far past its lifetime the response is at `now`.
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        self.age(now).saturating_sub(self.lifetime)
+    }
+}
+
+/// What to do with a stored response for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Serve it as is.
+    Fresh,
+    /// Serve it stale (the request's max-stale allows it).
+    Stale,
+    /// Serve it stale and revalidate in the background (stale-while-revalidate).
+    StaleRevalidate,
+    /// Revalidate with the origin before use.
+    Revalidate,
+}
+
+/// Combines the stored response's freshness with the request's directives.
+pub fn reuse(f: &Freshness, req: &Directives, req_pragma_no_cache: bool, now: SystemTime) -> Reuse {
+    if f.always_revalidate || req.no_cache || req_pragma_no_cache {
+        return Reuse::Revalidate;
+    }
+    let age = f.age(now).as_secs();
+    if let Some(max_age) = req.max_age {
+        if age > max_age.unwrap_or(0) {
+            return Reuse::Revalidate;
+        }
+    }
+    let remaining = f.remaining(now).as_secs();
+    let fresh = f.lifetime.as_secs() > age;
+    if fresh && req.min_fresh.is_none_or(|m| remaining >= m) {
+        return Reuse::Fresh;
+    }
+    if f.no_stale {
+        return Reuse::Revalidate;
+    }
+    let stale_for = f.staleness(now).as_secs();
+    if let Some(max_stale) = req.max_stale {
+        if max_stale.is_none_or(|m| stale_for <= m) && req.min_fresh.is_none() {
+            return Reuse::Stale;
+        }
+    }
+    if let Some(swr) = f.stale_while_revalidate {
+        if !fresh && stale_for <= swr {
+            return Reuse::StaleRevalidate;
+        }
+    }
+    Reuse::Revalidate
+}
+
+/// Whether a stale response may stand in for an origin error (RFC 5861 4).
+pub fn may_serve_on_error(f: &Freshness, req: &Directives, now: SystemTime) -> bool {
+    if f.no_stale {
+        return false;
+    }
+    let stale_for = f.staleness(now).as_secs();
+    f.stale_if_error.is_some_and(|s| stale_for <= s)
+        || req.stale_if_error.is_some_and(|s| stale_for <= s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    const H: Heuristic = Heuristic {
+        fraction: 0.1,
+        max: Duration::from_secs(86400),
+    };
+
+    #[test]
+    fn parses_directives() {
+        let d = directives(&h(&[
+            ("cache-control", "Max-Age=60, no-cache=\"set-cookie, x\""),
+            ("cache-control", "max-age=5, s-maxage=\"10\", private"),
+        ]));
+        assert_eq!(d.max_age, Some(Some(60)), "first occurrence wins");
+        assert_eq!(d.s_maxage, Some(Some(10)), "quoted value accepted");
+        assert!(d.no_cache && d.private);
+        let bad = directives(&h(&[("cache-control", "max-age=-1")]));
+        assert_eq!(bad.max_age, Some(None));
+        let big = directives(&h(&[("cache-control", "max-age=99999999999999999999")]));
+        assert_eq!(big.max_age, Some(Some(MAX_DELTA)));
+    }
+
+    #[test]
+    fn lifetime_precedence() {
+        let now = SystemTime::now();
+        let date = httpdate::fmt_http_date(now);
+        let exp = httpdate::fmt_http_date(now + Duration::from_secs(100));
+        let f = |hs: &[(&str, &str)]| Freshness::of(StatusCode::OK, &h(hs), now, now, H).lifetime;
+        assert_eq!(
+            f(&[("cache-control", "max-age=10, s-maxage=20")]).as_secs(),
+            20
+        );
+        assert_eq!(
+            f(&[("cache-control", "max-age=10"), ("expires", &exp)]).as_secs(),
+            10
+        );
+        assert_eq!(f(&[("date", &date), ("expires", &exp)]).as_secs(), 100);
+        assert_eq!(f(&[("date", &date), ("expires", "0")]).as_secs(), 0);
+        let lm = httpdate::fmt_http_date(now - Duration::from_secs(1000));
+        assert_eq!(f(&[("date", &date), ("last-modified", &lm)]).as_secs(), 100);
+        // No heuristics for a status that is not heuristically cacheable.
+        let f302 = Freshness::of(
+            StatusCode::FOUND,
+            &h(&[("date", &date), ("last-modified", &lm)]),
+            now,
+            now,
+            H,
+        );
+        assert_eq!(f302.lifetime, Duration::ZERO);
+    }
+
+    #[test]
+    fn age_counts_upstream_age_and_delay() {
+        let now = SystemTime::now();
+        let sent = now - Duration::from_secs(2);
+        let f = Freshness::of(
+            StatusCode::OK,
+            &h(&[("cache-control", "max-age=100"), ("age", "30")]),
+            sent,
+            now,
+            H,
+        );
+        assert_eq!(f.age(now).as_secs(), 32);
+        assert_eq!(f.remaining(now).as_secs(), 68);
+    }
+
+    #[test]
+    fn storability() {
+        let none = HeaderMap::new();
+        let get = Method::GET;
+        let ok = StatusCode::OK;
+        assert!(storable(
+            &get,
+            &none,
+            ok,
+            &h(&[("cache-control", "max-age=1")])
+        ));
+        assert!(!storable(
+            &get,
+            &none,
+            ok,
+            &h(&[("cache-control", "private, max-age=1")])
+        ));
+        assert!(!storable(
+            &get,
+            &none,
+            ok,
+            &h(&[("cache-control", "no-store")])
+        ));
+        assert!(!storable(&get, &none, ok, &h(&[("vary", "*")])));
+        assert!(!storable(
+            &Method::POST,
+            &none,
+            ok,
+            &h(&[("cache-control", "max-age=1")])
+        ));
+        assert!(!storable(&get, &none, StatusCode::FOUND, &none));
+        assert!(storable(
+            &get,
+            &none,
+            StatusCode::FOUND,
+            &h(&[("cache-control", "max-age=1")])
+        ));
+        let auth = h(&[("authorization", "Basic eA==")]);
+        assert!(!storable(
+            &get,
+            &auth,
+            ok,
+            &h(&[("cache-control", "max-age=1")])
+        ));
+        assert!(storable(
+            &get,
+            &auth,
+            ok,
+            &h(&[("cache-control", "public, max-age=1")])
+        ));
+    }
+
+    #[test]
+    fn reuse_rules() {
+        let now = SystemTime::now();
+        let f = |cc: &str, age: &str| {
+            Freshness::of(
+                StatusCode::OK,
+                &h(&[("cache-control", cc), ("age", age)]),
+                now,
+                now,
+                H,
+            )
+        };
+        let none = Directives::default();
+        assert_eq!(
+            reuse(&f("max-age=10", "0"), &none, false, now),
+            Reuse::Fresh
+        );
+        assert_eq!(
+            reuse(&f("max-age=10", "20"), &none, false, now),
+            Reuse::Revalidate
+        );
+        assert_eq!(
+            reuse(&f("max-age=10", "0"), &none, true, now),
+            Reuse::Revalidate
+        );
+        let stale_ok = directives(&h(&[("cache-control", "max-stale=60")]));
+        assert_eq!(
+            reuse(&f("max-age=10", "20"), &stale_ok, false, now),
+            Reuse::Stale
+        );
+        assert_eq!(
+            reuse(
+                &f("max-age=10, must-revalidate", "20"),
+                &stale_ok,
+                false,
+                now
+            ),
+            Reuse::Revalidate
+        );
+        assert_eq!(
+            reuse(
+                &f("max-age=10, stale-while-revalidate=60", "20"),
+                &none,
+                false,
+                now
+            ),
+            Reuse::StaleRevalidate
+        );
+        let young = directives(&h(&[("cache-control", "max-age=5")]));
+        assert_eq!(
+            reuse(&f("max-age=100", "10"), &young, false, now),
+            Reuse::Revalidate
+        );
+        assert!(may_serve_on_error(
+            &f("max-age=1, stale-if-error=60", "10"),
+            &none,
+            now
+        ));
+        assert!(!may_serve_on_error(&f("max-age=1", "10"), &none, now));
+    }
+}

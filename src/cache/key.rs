@@ -1,0 +1,97 @@
+//! Cache keys. The primary key names the resource (method, scheme, host,
+//! path and query); the secondary part adds the request headers the stored
+//! response's `Vary` selects (RFC 9111 4.1), so each variant has its own entry.
+
+use hyper::header::{HeaderMap, HeaderName, VARY};
+
+/// Method, scheme, host and path+query of a cacheable request. HEAD uses the
+/// GET key: a stored GET answers a HEAD (9111 4).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PrimaryKey(pub String);
+
+impl PrimaryKey {
+    pub fn new(scheme: &str, host: &str, path_and_query: &str) -> PrimaryKey {
+        PrimaryKey(format!(
+            "GET {scheme}://{}{path_and_query}",
+            host.to_ascii_lowercase()
+        ))
+    }
+}
+
+/// The header names a response varies on, lowercased, in order.
+pub fn vary_names(resp: &HeaderMap) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    for v in resp.get_all(VARY) {
+        let Ok(v) = v.to_str() else { continue };
+        for n in v.split(',') {
+            if let Ok(n) = HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// A request header's value as Vary compares it: all lines joined with ", ",
+/// whitespace around list members removed (9111 4.1 allows this normalisation).
+/// `None` when the header is absent, which differs from present-but-empty.
+pub fn selected_value(req: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut any = false;
+    for v in req.get_all(name) {
+        any = true;
+        let s = String::from_utf8_lossy(v.as_bytes());
+        parts.extend(s.split(',').map(|p| p.trim().to_string()));
+    }
+    any.then(|| parts.join(","))
+}
+
+/// The full key: primary plus each selected header's value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FullKey(pub String);
+
+impl FullKey {
+    pub fn new(primary: &PrimaryKey, names: &[HeaderName], req: &HeaderMap) -> FullKey {
+        let mut k = primary.0.clone();
+        for n in names {
+            k.push('\n');
+            k.push_str(n.as_str());
+            match selected_value(req, n) {
+                Some(v) => {
+                    k.push('=');
+                    k.push_str(&v);
+                }
+                None => k.push('!'),
+            }
+        }
+        FullKey(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn vary_selects_headers() {
+        let p = PrimaryKey::new("http", "Example.COM", "/a?b=1");
+        assert_eq!(p.0, "GET http://example.com/a?b=1");
+        let mut resp = HeaderMap::new();
+        resp.append(VARY, HeaderValue::from_static("Accept-Encoding, X-A"));
+        resp.append(VARY, HeaderValue::from_static("x-a, X-B"));
+        let names = vary_names(&resp);
+        assert_eq!(names.len(), 3);
+        let mut r1 = HeaderMap::new();
+        r1.insert("x-a", HeaderValue::from_static("1, 2"));
+        let mut r2 = HeaderMap::new();
+        r2.append("x-a", HeaderValue::from_static("1"));
+        r2.append("x-a", HeaderValue::from_static("2"));
+        assert_eq!(FullKey::new(&p, &names, &r1), FullKey::new(&p, &names, &r2));
+        let mut r3 = r1.clone();
+        r3.insert("x-b", HeaderValue::from_static(""));
+        assert_ne!(FullKey::new(&p, &names, &r1), FullKey::new(&p, &names, &r3));
+    }
+}

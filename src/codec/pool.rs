@@ -1,0 +1,135 @@
+//! The bounded blocking pool: the only way async code reaches the model.
+//!
+//! Encoding a photo takes ~150 ms of CPU. Run on a tokio worker it would stall
+//! every connection that worker serves, and `spawn_blocking` would queue
+//! without bound under load. So the model gets a fixed set of OS threads and a
+//! fixed-size queue; when the queue is full, `try_run` says so at once and the
+//! caller degrades (passes the original image through) instead of waiting.
+
+use super::Codec;
+use prometheus::IntGauge;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce(&Codec) + Send>;
+
+/// The pool was full (or is shutting down); the job did not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("model pool is saturated")]
+pub struct Saturated;
+
+/// A fixed number of model threads behind a bounded queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    tx: SyncSender<Job>,
+    codec: Arc<Codec>,
+    queued: IntGauge,
+}
+
+impl Pool {
+    /// Starts `threads` workers sharing `codec`, with room for `queue` waiting jobs.
+    pub fn new(codec: Arc<Codec>, threads: usize, queue: usize, queued: IntGauge) -> Pool {
+        let (tx, rx) = sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = Arc::clone(&rx);
+            let codec = Arc::clone(&codec);
+            let queued = queued.clone();
+            std::thread::Builder::new()
+                .name(format!("vaeproxy-model-{i}"))
+                .spawn(move || worker(&rx, &codec, &queued))
+                .expect("spawning a model thread");
+        }
+        Pool { tx, codec, queued }
+    }
+
+    /// The codec the workers use (for its id and level count; never call its
+    /// encode/decode from async code).
+    pub fn codec(&self) -> &Arc<Codec> {
+        &self.codec
+    }
+
+    /// Queues `f`; the receiver yields its result. Never blocks: a full queue
+    /// is `Err(Saturated)`.
+    pub fn try_run<T, F>(&self, f: F) -> Result<oneshot::Receiver<T>, Saturated>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Codec) -> T + Send + 'static,
+    {
+        let (done, rx) = oneshot::channel();
+        let job: Job = Box::new(move |codec| {
+            // The caller may have gone away (client disconnected); nothing to do then.
+            let _ = done.send(f(codec));
+        });
+        self.queued.inc();
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued.dec();
+                Err(Saturated)
+            }
+        }
+    }
+
+    /// Whether a job submitted now would have to wait (for background work
+    /// that should yield to live traffic).
+    pub fn is_idle(&self) -> bool {
+        self.queued.get() == 0
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>, codec: &Codec, queued: &IntGauge) {
+    loop {
+        // The lock is held only while taking one job, not while running it.
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        queued.dec();
+        // A panic inside the model must not shrink the pool.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(codec)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_is_refused_not_queued() {
+        let codec = Arc::new(Codec::shipped().unwrap());
+        let gauge = IntGauge::new("q", "q").unwrap();
+        let pool = Pool::new(codec, 1, 1, gauge.clone());
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        // One job occupies the thread, one waits in the queue...
+        let first = pool
+            .try_run(move |_| {
+                hold_rx.recv().ok();
+                1
+            })
+            .unwrap();
+        // Give the worker time to take the first job off the queue.
+        while gauge.get() != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let second = pool.try_run(|c| c.levels()).unwrap();
+        // ...so a third is refused at once.
+        assert_eq!(pool.try_run(|_| 3).unwrap_err(), Saturated);
+        assert_eq!(gauge.get(), 1);
+        hold_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 1);
+        assert!(second.await.unwrap() >= 3);
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_does_not_kill_the_pool() {
+        let codec = Arc::new(Codec::shipped().unwrap());
+        let pool = Pool::new(codec, 1, 4, IntGauge::new("q", "q").unwrap());
+        let rx = pool.try_run(|_| -> u8 { panic!("boom") }).unwrap();
+        assert!(rx.await.is_err());
+        assert_eq!(pool.try_run(|_| 7).unwrap().await.unwrap(), 7);
+    }
+}

@@ -1,0 +1,370 @@
+//! The proxy's configuration: `config/vaeproxy.toml`, parsed with serde
+//! (`deny_unknown_fields`, so a typo is an error and not a silent default),
+//! then validated once. Every problem comes back as one message naming the
+//! key and what is wrong with it.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be used. The text names the file and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// Which origin serves which requests; the first match wins.
+    #[serde(rename = "route")]
+    pub routes: Vec<Route>,
+    /// The HTTP cache.
+    pub cache: CacheConfig,
+    /// The image codec and its guards.
+    pub codec: CodecConfig,
+    /// Timeouts and size limits against slow or hostile peers.
+    pub limits: Limits,
+}
+
+/// One route: requests whose Host and path match go to `origin`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Host (without port) this route answers for; absent = any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix this route answers for; absent = every path.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// `http://host[:port][/base]`, or `demo` for the built-in demo origin.
+    pub origin: String,
+    /// Send the client's Host to the origin instead of the origin's own.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+/// The HTTP cache's budgets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Bytes for cached responses, with images held as latent codes.
+    pub capacity_bytes: u64,
+    /// Bytes for original image bytes kept for ordinary clients; 0 = always
+    /// refetch originals from the origin (the latent tier alone is kept).
+    pub originals_bytes: u64,
+    /// Largest single response body that is cached; bigger ones stream through.
+    pub max_object_bytes: u64,
+    /// How long a stale response with validators is kept for revalidation.
+    pub keep_stale_secs: u64,
+    /// Heuristic freshness as a fraction of (Date - Last-Modified), RFC 9111 4.2.2.
+    pub heuristic_fraction: f64,
+    /// Upper bound of heuristic freshness.
+    pub heuristic_max_secs: u64,
+}
+
+/// When ordinary (non-latent) clients may get a VAE reconstruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reconstructions {
+    /// Ordinary clients always get the original bytes.
+    Never,
+    /// Only clients that send `Save-Data: on`.
+    SaveData,
+    /// Every ordinary client (the operator accepts lossy pictures).
+    Always,
+}
+
+/// The codec as the proxy uses it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodecConfig {
+    /// Turn images into latents at all.
+    pub enabled: bool,
+    /// Weights file; absent = the weights built into the binary.
+    pub weights: Option<PathBuf>,
+    /// Quality level, 1 (smallest) to the number of levels of the weights.
+    pub quality: u8,
+    /// Reconstructions below this PSNR (dB) keep the original: the VAE's error
+    /// is the out-of-distribution alarm for screenshots, text and line art.
+    pub psnr_floor: f64,
+    /// Images with more pixels than this are not decoded (decompression bombs).
+    pub max_pixels: u64,
+    /// Image bodies larger than this are not decoded.
+    pub max_image_bytes: u64,
+    /// Threads that run the model. Each also uses candle's own threads.
+    pub pool_threads: usize,
+    /// Jobs that may wait for a thread; beyond it images pass through unencoded.
+    pub pool_queue: usize,
+    /// Whether ordinary clients may get reconstructions (off by default).
+    pub reconstructions: Reconstructions,
+}
+
+/// Timeouts and sizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connecting to an origin.
+    pub connect_timeout_ms: u64,
+    /// From sending the request to the origin's response head.
+    pub header_timeout_ms: u64,
+    /// Longest pause between two pieces of a body, either direction.
+    pub body_idle_timeout_ms: u64,
+    /// Largest request body accepted from a client.
+    pub max_request_body: u64,
+    /// Largest response body accepted from an origin.
+    pub max_response_body: u64,
+    /// Largest request head (request line + headers) from a client.
+    pub max_header_bytes: usize,
+    /// Client connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            routes: Vec::new(),
+            cache: CacheConfig::default(),
+            codec: CodecConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity_bytes: 256 << 20,
+            originals_bytes: 64 << 20,
+            max_object_bytes: 16 << 20,
+            keep_stale_secs: 3600,
+            heuristic_fraction: 0.1,
+            heuristic_max_secs: 86400,
+        }
+    }
+}
+
+impl Default for CodecConfig {
+    fn default() -> Self {
+        CodecConfig {
+            enabled: true,
+            weights: None,
+            quality: crate::codec::DEFAULT_QUALITY,
+            psnr_floor: 22.0,
+            max_pixels: 24_000_000,
+            max_image_bytes: 16 << 20,
+            pool_threads: 1,
+            pool_queue: 16,
+            reconstructions: Reconstructions::Never,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect_timeout_ms: 3000,
+            header_timeout_ms: 30_000,
+            body_idle_timeout_ms: 30_000,
+            max_request_body: 64 << 20,
+            max_response_body: 1 << 30,
+            max_header_bytes: 64 << 10,
+            max_connections: 4096,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            // toml's message already names the key and the line.
+            ConfigError(e.to_string().trim_end().replace('\n', " "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: URLs, ranges, consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.routes.is_empty() {
+            return Err(ConfigError(
+                "route: no [[route]] given, so the proxy would answer nothing".into(),
+            ));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.origin != "demo" {
+                parse_origin(&r.origin)
+                    .map_err(|e| ConfigError(format!("route[{i}].origin: {e}")))?;
+            }
+            if let Some(p) = &r.path_prefix {
+                if !p.starts_with('/') {
+                    return Err(ConfigError(format!(
+                        "route[{i}].path_prefix: {p:?} must start with '/'"
+                    )));
+                }
+            }
+            if let Some(h) = &r.host {
+                if h.is_empty() || h.contains(['/', ' ']) {
+                    return Err(ConfigError(format!(
+                        "route[{i}].host: {h:?} is not a host name"
+                    )));
+                }
+            }
+        }
+        let c = &self.codec;
+        if c.quality == 0 {
+            return Err(ConfigError("codec.quality: levels start at 1".into()));
+        }
+        if c.pool_threads == 0 {
+            return Err(ConfigError("codec.pool_threads: must be at least 1".into()));
+        }
+        if !(0.0..=100.0).contains(&c.psnr_floor) {
+            return Err(ConfigError(format!(
+                "codec.psnr_floor: {} dB is outside 0..100",
+                c.psnr_floor
+            )));
+        }
+        if c.max_pixels == 0 || c.max_pixels > crate::latent::wire::MAX_PIXELS {
+            return Err(ConfigError(format!(
+                "codec.max_pixels: must be 1..={}",
+                crate::latent::wire::MAX_PIXELS
+            )));
+        }
+        if let Some(w) = &c.weights {
+            if !w.is_file() {
+                return Err(ConfigError(format!(
+                    "codec.weights: {} does not exist",
+                    w.display()
+                )));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.cache.heuristic_fraction) {
+            return Err(ConfigError(
+                "cache.heuristic_fraction: must be within 0..1".into(),
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError(
+                "limits.max_connections: must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(ConfigError(
+                "limits.max_header_bytes: must be at least 8192".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `--origin URL`: one catch-all route to that origin.
+    pub fn with_single_origin(mut self, origin: &str) -> Result<Config, ConfigError> {
+        self.routes = vec![Route {
+            host: None,
+            path_prefix: None,
+            origin: origin.to_string(),
+            preserve_host: false,
+        }];
+        self.validate()
+            .map_err(|e| ConfigError(e.0.replace("route[0].origin", "--origin")))?;
+        Ok(self)
+    }
+}
+
+/// An origin URL split into what the upstream client needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `host:port` to connect to and, unless the route preserves it, send as Host.
+    pub authority: String,
+    /// Path prepended to every request path ("" for none).
+    pub base_path: String,
+}
+
+/// Accepts `http://host[:port][/base]` only: no TLS to origins yet, no query.
+pub fn parse_origin(s: &str) -> Result<Origin, String> {
+    let uri: hyper::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "{s:?}: scheme {other} is not supported (http only)"
+            ))
+        }
+        None => return Err(format!("{s:?}: needs http://")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{s:?}: no host"))?
+        .as_str()
+        .to_string();
+    if authority.contains('@') {
+        return Err(format!("{s:?}: user info is not allowed"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?}: a query is not allowed"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(Origin {
+        authority,
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[[route]]\norigin = \"http://127.0.0.1:9000\"\n";
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vaeproxy.toml");
+        let cfg = Config::load(&p).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml(&format!("{MIN}[cache]\ncapacity = 5\n")).unwrap_err();
+        assert!(e.0.contains("capacity"), "{e}");
+    }
+
+    #[test]
+    fn bad_origin_is_named() {
+        let e = Config::from_toml("[[route]]\norigin = \"ftp://x\"\n").unwrap_err();
+        assert!(
+            e.0.contains("route[0].origin") && e.0.contains("ftp"),
+            "{e}"
+        );
+        let e = Config::from_toml("[[route]]\norigin = \"not a url\"\n").unwrap_err();
+        assert!(e.0.contains("route[0].origin"), "{e}");
+    }
+
+    #[test]
+    fn missing_weights_are_named() {
+        let e = Config::from_toml(&format!("{MIN}[codec]\nweights = \"/nope.safetensors\"\n"))
+            .unwrap_err();
+        assert!(e.0.contains("codec.weights"), "{e}");
+    }
+
+    #[test]
+    fn origin_parts() {
+        let o = parse_origin("http://example.com:81/base/").unwrap();
+        assert_eq!(o.authority, "example.com:81");
+        assert_eq!(o.base_path, "/base");
+        assert!(parse_origin("http://u:p@example.com").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics: one registry per proxy instance (so tests running
+//! several proxies in one process do not mix counts), rendered in the text
+//! exposition format at `/_vaeproxy/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every counter the proxy keeps. Cheap to clone (the metrics are `Arc`s inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by cache outcome (hit, miss, stale, revalidated, pass, ...).
+    pub requests: IntCounterVec,
+    /// Cache lookups by result: hit, miss, stale.
+    pub lookups: IntCounterVec,
+    /// Requests sent to origins (any method).
+    pub origin_requests: IntCounter,
+    /// Body bytes received from origins.
+    pub origin_bytes: IntCounter,
+    /// Body bytes sent to clients.
+    pub client_bytes: IntCounter,
+    /// Request body bytes relayed from clients to origins.
+    pub request_bytes: IntCounter,
+    /// Original size minus latent size, summed over latent responses sent.
+    pub latent_bytes_saved: IntCounter,
+    /// Images the model encoded (one per cache fill, never per hit).
+    pub encodes: IntCounter,
+    /// Images the model decoded (guards, reconstructions, samples).
+    pub decodes: IntCounter,
+    /// Why an image was kept as its original bytes.
+    pub guards: IntCounterVec,
+    /// Seconds per encode job (encode + the PSNR check's decode).
+    pub encode_seconds: Histogram,
+    /// Jobs waiting for a pool thread.
+    pub pool_queue_depth: IntGauge,
+    /// Entries per cache tier.
+    pub cache_entries: IntGaugeVec,
+    /// Weighted bytes per cache tier.
+    pub cache_bytes: IntGaugeVec,
+    /// Originals an ordinary client needed that were refetched from the origin.
+    pub original_refetches: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help).namespace("vaeproxy")).unwrap();
+            registry.register(Box::new(c.clone())).unwrap();
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c =
+                IntCounterVec::new(Opts::new(name, help).namespace("vaeproxy"), &[label]).unwrap();
+            registry.register(Box::new(c.clone())).unwrap();
+            c
+        };
+        let gauge_vec = |name: &str, help: &str| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help).namespace("vaeproxy"), &["tier"]).unwrap();
+            registry.register(Box::new(g.clone())).unwrap();
+            g
+        };
+        let requests = counter_vec(
+            "requests_total",
+            "Client requests by cache outcome",
+            "outcome",
+        );
+        let lookups = counter_vec("cache_lookups_total", "Cache lookups by result", "result");
+        let guards = counter_vec(
+            "guard_total",
+            "Images kept as original bytes, by reason",
+            "reason",
+        );
+        let encode_seconds = Histogram::with_opts(
+            HistogramOpts::new("encode_seconds", "Encode job duration")
+                .namespace("vaeproxy")
+                .buckets(vec![
+                    0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6,
+                ]),
+        )
+        .unwrap();
+        registry.register(Box::new(encode_seconds.clone())).unwrap();
+        let pool_queue_depth = IntGauge::with_opts(
+            Opts::new("pool_queue_depth", "Model jobs waiting for a thread").namespace("vaeproxy"),
+        )
+        .unwrap();
+        registry
+            .register(Box::new(pool_queue_depth.clone()))
+            .unwrap();
+        Metrics {
+            requests,
+            lookups,
+            origin_requests: counter("origin_requests_total", "Requests sent to origins"),
+            origin_bytes: counter("origin_bytes_total", "Body bytes received from origins"),
+            client_bytes: counter("client_bytes_total", "Body bytes sent to clients"),
+            request_bytes: counter(
+                "request_bytes_total",
+                "Request body bytes relayed to origins",
+            ),
+            latent_bytes_saved: counter(
+                "latent_bytes_saved_total",
+                "Original minus latent bytes over latent responses",
+            ),
+            encodes: counter("encodes_total", "Images encoded by the model"),
+            decodes: counter("decodes_total", "Latents decoded by the model"),
+            guards,
+            encode_seconds,
+            pool_queue_depth,
+            cache_entries: gauge_vec("cache_entries", "Entries per cache tier"),
+            cache_bytes: gauge_vec("cache_weighted_bytes", "Weighted bytes per cache tier"),
+            original_refetches: counter(
+                "original_refetches_total",
+                "Originals refetched from the origin for ordinary clients",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_text_format() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["hit"]).inc();
+        m.encode_seconds.observe(0.3);
+        let text = m.render();
+        assert!(
+            text.contains("vaeproxy_requests_total{outcome=\"hit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vaeproxy_encode_seconds_bucket{le=\"0.4\"} 1"),
+            "{text}"
+        );
+    }
+}

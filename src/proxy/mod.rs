@@ -1,0 +1,987 @@
+//! The proxy service. One request goes through these phases, in order:
+//!
+//! 1. **ops**: `/_vaeproxy/...` is answered here (health, metrics);
+//! 2. **route**: Host and path pick an [`upstream::Upstream`]; no match is a
+//!    404, so absolute-form URIs or foreign Hosts never reach other servers;
+//! 3. **cache lookup** (GET/HEAD): fresh -> hit; stale -> revalidate, or
+//!    serve stale where RFC 9111 / RFC 5861 allow; miss -> fetch, one per key;
+//! 4. **upstream**: the request with hop-by-hop headers removed, `Via` and
+//!    `Forwarded` added, bodies streamed;
+//! 5. **response filter**: storable responses are buffered and stored; image
+//!    bodies go through [`transform`] on the model pool;
+//! 6. **negotiate**: a stored latent image goes out as the latent code or the
+//!    original bytes ([`negotiate`]); client conditionals are answered here;
+//! 7. **log**: one line per request, and the metrics.
+//!
+//! Everything else (other methods, ranges, uncacheable responses) streams
+//! through untouched, and unsafe methods invalidate what they touch.
+
+pub mod negotiate;
+pub mod transform;
+pub mod upstream;
+
+use crate::cache::freshness::{self, Directives, Freshness, Heuristic, Reuse};
+use crate::cache::key::PrimaryKey;
+use crate::cache::{self, Body as Stored, Cache, Entry, Flight};
+use crate::codec::pool::Pool;
+use crate::config::{Config, Reconstructions};
+use crate::error::HttpError;
+use crate::latent::wire::{ModelId, MIME};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use negotiate::Choice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use transform::{Guard, Transformed};
+use upstream::{empty, full, OriginClient, ProxyBody, Upstream, Watched};
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The proxy: routes, cache, model pool and metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: Vec<Upstream>,
+    client: OriginClient,
+    cache: Cache,
+    pool: Pool,
+    model: ModelId,
+    metrics: Metrics,
+    cfg: Config,
+    heuristic: Heuristic,
+}
+
+/// What a request needs from its route, carried through the phases.
+struct Ctx<'a> {
+    upstream: &'a Upstream,
+    peer: SocketAddr,
+    /// Host as the client named it (authority, lowercased).
+    host: String,
+    key: PrimaryKey,
+    req_cc: Directives,
+}
+
+/// What the upstream phase produced for a cacheable request.
+enum Fetched {
+    /// A new stored entry (plus the original bytes in hand, for this client).
+    Stored(Arc<Entry>, Option<Bytes>),
+    /// The stored entry, freshened by a 304.
+    Freshened(Arc<Entry>),
+    /// The origin failed and the stale entry may stand in.
+    StaleOnError(Arc<Entry>),
+    /// Not storable: relay as is.
+    Relay(Response<ProxyBody>),
+}
+
+impl Proxy {
+    /// `demo` is the address of the built-in demo origin, if one runs.
+    pub fn new(
+        cfg: Config,
+        pool: Pool,
+        metrics: Metrics,
+        demo: Option<SocketAddr>,
+    ) -> Result<Proxy, String> {
+        let upstreams = cfg
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Upstream::from_route(r, demo).map_err(|e| format!("route[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cache = Cache::new(
+            cfg.cache.capacity_bytes,
+            cfg.cache.originals_bytes,
+            Duration::from_secs(cfg.cache.keep_stale_secs),
+        );
+        let heuristic = Heuristic {
+            fraction: cfg.cache.heuristic_fraction,
+            max: Duration::from_secs(cfg.cache.heuristic_max_secs),
+        };
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                upstreams,
+                client: OriginClient::new(&cfg.limits),
+                cache,
+                model: pool.codec().id(),
+                pool,
+                metrics,
+                cfg,
+                heuristic,
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.inner.cache
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Serves one request; never fails (errors become responses with a reason).
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let (resp, outcome) = match self.serve(req, peer).await {
+            Ok(r) => r,
+            Err(e) => (error_response(&e), "error"),
+        };
+        let m = &self.inner.metrics;
+        m.requests.with_label_values(&[outcome]).inc();
+        let bytes = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        tracing::info!(
+            %method,
+            path,
+            status = resp.status().as_u16(),
+            cache = outcome,
+            bytes,
+            ms = start.elapsed().as_millis() as u64,
+        );
+        let idle = Duration::from_millis(self.inner.cfg.limits.body_idle_timeout_ms);
+        resp.map(|b| Watched::new(b, idle, m.client_bytes.clone()).boxed())
+    }
+
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
+        if req.uri().path().starts_with("/_vaeproxy/") {
+            return Ok((self.ops(req.uri().path()).await, "internal"));
+        }
+        let host = request_host(&req)?;
+        let path = req.uri().path().to_string();
+        let host_only = strip_port(&host);
+        let upstream = self
+            .inner
+            .upstreams
+            .iter()
+            .find(|u| u.matches(host_only, &path))
+            .ok_or_else(|| {
+                HttpError::NoRoute(format!("no route for host {host_only:?} and path {path:?}"))
+            })?;
+        let max_body = self.inner.cfg.limits.max_request_body;
+        if let Some(len) = content_length(req.headers()) {
+            if len > max_body {
+                return Err(HttpError::TooLarge(format!(
+                    "request body of {len} bytes is over the {max_body}-byte limit"
+                )));
+            }
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.as_str().to_string());
+        let ctx = Ctx {
+            upstream,
+            peer,
+            key: PrimaryKey::new("http", &host, &pq),
+            host,
+            req_cc: freshness::directives(req.headers()),
+        };
+        let cacheable_request = matches!(*req.method(), Method::GET | Method::HEAD)
+            && !req.headers().contains_key(header::RANGE)
+            && !req.headers().contains_key(header::UPGRADE);
+        if cacheable_request {
+            self.cached(req, &ctx).await
+        } else {
+            self.pass(req, &ctx).await
+        }
+    }
+
+    /// Phase 3 for GET/HEAD: lookup, then hit, stale, revalidate or fetch.
+    async fn cached(
+        &self,
+        req: Request<Incoming>,
+        ctx: &Ctx<'_>,
+    ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
+        let (parts, _body) = req.into_parts();
+        let m = &self.inner.metrics;
+        let pragma = pragma_no_cache(&parts.headers);
+        let mut followed = false;
+        loop {
+            let now = SystemTime::now();
+            let entry = self.inner.cache.lookup(&ctx.key, &parts.headers).await;
+            let stale = match entry {
+                Some(e) => match freshness::reuse(&e.freshness, &ctx.req_cc, pragma, now) {
+                    Reuse::Fresh => {
+                        m.lookups.with_label_values(&["hit"]).inc();
+                        return self.from_entry(&e, &parts, ctx, None, "hit").await;
+                    }
+                    Reuse::Stale => {
+                        m.lookups.with_label_values(&["stale"]).inc();
+                        return self.from_entry(&e, &parts, ctx, None, "stale").await;
+                    }
+                    Reuse::StaleRevalidate => {
+                        m.lookups.with_label_values(&["stale"]).inc();
+                        if let Flight::Leader(guard) = self.inner.cache.join(&ctx.key) {
+                            let me = self.clone();
+                            let (p, up, peer, host, key, e2) = (
+                                parts_clone(&parts),
+                                ctx.upstream.clone(),
+                                ctx.peer,
+                                ctx.host.clone(),
+                                ctx.key.clone(),
+                                Arc::clone(&e),
+                            );
+                            tokio::spawn(async move {
+                                let ctx = Ctx {
+                                    upstream: &up,
+                                    peer,
+                                    host,
+                                    key,
+                                    req_cc: Directives::default(),
+                                };
+                                let _ = me.fetch(&p, &ctx, Some(e2)).await;
+                                drop(guard);
+                            });
+                        }
+                        return self.from_entry(&e, &parts, ctx, None, "stale").await;
+                    }
+                    Reuse::Revalidate => Some(e),
+                },
+                None => None,
+            };
+            if ctx.req_cc.only_if_cached {
+                m.lookups.with_label_values(&["miss"]).inc();
+                return Err(HttpError::GatewayTimeout(
+                    "only-if-cached: no usable stored response".into(),
+                ));
+            }
+            // One fetch per key: the leader fetches, the rest wait and look again.
+            let guard = if followed {
+                None
+            } else {
+                match self.inner.cache.join(&ctx.key) {
+                    Flight::Leader(g) => Some(g),
+                    Flight::Follower(rx) => {
+                        cache::wait(rx).await;
+                        followed = true;
+                        continue;
+                    }
+                }
+            };
+            m.lookups
+                .with_label_values(&[if stale.is_some() { "stale" } else { "miss" }])
+                .inc();
+            let revalidating = stale.is_some();
+            let fetched = self.fetch(&parts, ctx, stale).await;
+            drop(guard);
+            return match fetched? {
+                Fetched::Stored(e, original) => {
+                    self.from_entry(&e, &parts, ctx, original, "miss").await
+                }
+                Fetched::Freshened(e) => {
+                    self.from_entry(&e, &parts, ctx, None, "revalidated").await
+                }
+                Fetched::StaleOnError(e) => self.from_entry(&e, &parts, ctx, None, "stale").await,
+                Fetched::Relay(mut r) => {
+                    if parts.method == Method::HEAD {
+                        *r.body_mut() = empty();
+                    }
+                    Ok((r, if revalidating { "revalidated" } else { "pass" }))
+                }
+            };
+        }
+    }
+
+    /// Phases 4-5 for a cacheable request: ask the origin (conditionally when
+    /// `stale` has validators), store what may be stored.
+    async fn fetch(
+        &self,
+        parts: &Parts,
+        ctx: &Ctx<'_>,
+        stale: Option<Arc<Entry>>,
+    ) -> Result<Fetched, HttpError> {
+        let inner = &self.inner;
+        let mut headers = parts.headers.clone();
+        // Ask for the full response so it can be stored; the client's own
+        // conditionals are answered from it afterwards.
+        headers.remove(header::IF_NONE_MATCH);
+        headers.remove(header::IF_MODIFIED_SINCE);
+        if let Some(e) = &stale {
+            if let Some(v) = e.headers.get(header::ETAG) {
+                headers.insert(header::IF_NONE_MATCH, v.clone());
+            }
+            if let Some(v) = e.headers.get(header::LAST_MODIFIED) {
+                headers.insert(header::IF_MODIFIED_SINCE, v.clone());
+            }
+        }
+        let req = self.origin_request(&Method::GET, parts.uri.clone(), &headers, ctx, empty());
+        let request_time = SystemTime::now();
+        inner.metrics.origin_requests.inc();
+        let resp = match inner.client.send(req).await {
+            Ok(r) => r,
+            Err(err) => {
+                return match stale {
+                    Some(e)
+                        if freshness::may_serve_on_error(
+                            &e.freshness,
+                            &ctx.req_cc,
+                            SystemTime::now(),
+                        ) =>
+                    {
+                        Ok(Fetched::StaleOnError(e))
+                    }
+                    _ => Err(err),
+                }
+            }
+        };
+        let response_time = SystemTime::now();
+        let status = resp.status();
+        if let Some(e) = &stale {
+            if status == StatusCode::NOT_MODIFIED {
+                let freshened = self.freshen(e, resp.headers(), request_time, response_time);
+                inner.cache.store(&ctx.key, Arc::clone(&freshened)).await;
+                return Ok(Fetched::Freshened(freshened));
+            }
+            if status.is_server_error()
+                && freshness::may_serve_on_error(&e.freshness, &ctx.req_cc, response_time)
+            {
+                return Ok(Fetched::StaleOnError(Arc::clone(e)));
+            }
+        }
+        let (mut rparts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        let storable = !ctx.req_cc.no_store
+            && freshness::storable(&Method::GET, &parts.headers, status, &rparts.headers);
+        let body = self.origin_body(body);
+        if !storable {
+            if stale.is_some() && !status.is_server_error() {
+                // The stored response was replaced by one we may not store.
+                inner.cache.invalidate(&ctx.key).await;
+            }
+            add_via(&mut rparts.headers);
+            return Ok(Fetched::Relay(Response::from_parts(rparts, body)));
+        }
+        let limit = inner.cfg.cache.max_object_bytes;
+        let bytes = match upstream::collect_up_to(body, limit).await {
+            Ok(Ok(b)) => b,
+            Ok(Err((prefix, rest))) => {
+                // Too big to cache: stream it through instead.
+                add_via(&mut rparts.headers);
+                return Ok(Fetched::Relay(Response::from_parts(
+                    rparts,
+                    upstream::prefixed(prefix, rest),
+                )));
+            }
+            Err(e) => return Err(HttpError::BadGateway(format!("reading origin body: {e}"))),
+        };
+        let f = Freshness::of(
+            status,
+            &rparts.headers,
+            request_time,
+            response_time,
+            inner.heuristic,
+        );
+        let (body, original) = self.filter(status, &rparts.headers, bytes).await;
+        rparts.headers.remove(header::CONTENT_LENGTH);
+        let entry = Arc::new(Entry::new(status, rparts.headers, body, f, &parts.headers));
+        if let Some(o) = &original {
+            inner.cache.store_original(entry.id, o.clone()).await;
+        }
+        inner.cache.store(&ctx.key, Arc::clone(&entry)).await;
+        Ok(Fetched::Stored(entry, original))
+    }
+
+    /// Phase 5: an image body becomes a latent unless a guard keeps it.
+    /// Returns the body to store and, for latents, the original bytes.
+    async fn filter(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        bytes: Bytes,
+    ) -> (Stored, Option<Bytes>) {
+        let inner = &self.inner;
+        let m = &inner.metrics;
+        if status != StatusCode::OK
+            || !inner.cfg.codec.enabled
+            || transform::sniff(&bytes).is_none()
+        {
+            return (Stored::Plain(bytes), None);
+        }
+        let keep = |g: Guard, bytes: Bytes| {
+            m.guards.with_label_values(&[g.label()]).inc();
+            (Stored::Plain(bytes), None)
+        };
+        if freshness::directives(headers).no_transform {
+            return keep(Guard::NoTransform, bytes);
+        }
+        let job_bytes = bytes.clone();
+        let cfg = inner.cfg.codec.clone();
+        let started = Instant::now();
+        let rx = match inner
+            .pool
+            .try_run(move |codec| transform::transform(codec, &job_bytes, &cfg))
+        {
+            Ok(rx) => rx,
+            Err(_) => return keep(Guard::PoolFull, bytes),
+        };
+        match rx.await {
+            Ok(Transformed::Latent { code, psnr }) => {
+                m.encodes.inc();
+                m.decodes.inc();
+                m.encode_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::debug!(psnr, latent = code.len(), original = bytes.len(), "encoded");
+                let original_len = bytes.len() as u64;
+                (Stored::Latent { code, original_len }, Some(bytes))
+            }
+            Ok(Transformed::Kept(g)) => {
+                if matches!(g, Guard::NotSmaller | Guard::LowPsnr) {
+                    m.encodes.inc();
+                    m.encode_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                keep(g, bytes)
+            }
+            // The job panicked: keep the original, the pool lives on.
+            Err(_) => keep(Guard::Undecodable, bytes),
+        }
+    }
+
+    /// A stored entry updated with a 304's headers (RFC 9111 3.2, 4.3.4).
+    fn freshen(
+        &self,
+        e: &Entry,
+        new: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Arc<Entry> {
+        let mut headers = e.headers.clone();
+        let mut replaced: Vec<HeaderName> = Vec::new();
+        for (name, value) in new.iter() {
+            let n = name.as_str();
+            if HOP_BY_HOP.contains(&n)
+                || n == "content-length"
+                || n == "content-type" && is_latent(e)
+            {
+                continue;
+            }
+            if !replaced.contains(name) {
+                headers.remove(name);
+                replaced.push(name.clone());
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        let f = Freshness::of(
+            e.status,
+            &headers,
+            request_time,
+            response_time,
+            self.inner.heuristic,
+        );
+        Arc::new(Entry {
+            id: e.id,
+            status: e.status,
+            headers,
+            body: e.body.clone(),
+            freshness: f,
+            vary: e.vary.clone(),
+        })
+    }
+
+    /// Phase 6: a response from a stored entry, negotiated and conditional.
+    async fn from_entry(
+        &self,
+        e: &Entry,
+        parts: &Parts,
+        ctx: &Ctx<'_>,
+        original_in_hand: Option<Bytes>,
+        outcome: &'static str,
+    ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
+        let inner = &self.inner;
+        let mut headers = e.headers.clone();
+        let age = e.freshness.age(SystemTime::now()).as_secs();
+        headers.insert(header::AGE, HeaderValue::from(age));
+        let body: Bytes = match &e.body {
+            Stored::Plain(b) => b.clone(),
+            Stored::Latent { code, original_len } => {
+                let policy = inner.cfg.codec.reconstructions;
+                let choice = negotiate::choose(
+                    &parts.headers,
+                    ctx.req_cc.no_transform,
+                    &inner.model,
+                    policy,
+                );
+                let mut vary = vec!["Accept"];
+                if policy == Reconstructions::SaveData {
+                    vary.push("Save-Data");
+                }
+                negotiate::add_vary(&mut headers, &vary);
+                match choice {
+                    Choice::Latent => {
+                        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(MIME));
+                        if let Some(tag) = latent_etag(headers.get(header::ETAG), &inner.model) {
+                            headers.insert(header::ETAG, tag);
+                        }
+                        if parts.method == Method::GET {
+                            inner
+                                .metrics
+                                .latent_bytes_saved
+                                .inc_by(original_len.saturating_sub(code.len() as u64));
+                        }
+                        code.clone()
+                    }
+                    Choice::Original => match original_in_hand {
+                        Some(b) => b,
+                        None => match inner.cache.original(e.id).await {
+                            Some(b) => b,
+                            None => self.refetch_original(e, parts, ctx).await?,
+                        },
+                    },
+                    Choice::Reconstruction => match self.reconstruct(code.clone()).await {
+                        Some(png) => {
+                            headers.insert(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("image/png"),
+                            );
+                            headers.remove(header::ETAG);
+                            png
+                        }
+                        None => match inner.cache.original(e.id).await {
+                            Some(b) => b,
+                            None => self.refetch_original(e, parts, ctx).await?,
+                        },
+                    },
+                }
+            }
+        };
+        headers.insert(
+            HeaderName::from_static("x-vaeproxy-cache"),
+            HeaderValue::from_static(outcome),
+        );
+        add_via(&mut headers);
+        if e.status == StatusCode::OK && not_modified(&parts.headers, &headers) {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [
+                header::ETAG,
+                header::CACHE_CONTROL,
+                header::EXPIRES,
+                header::DATE,
+                header::VARY,
+                header::CONTENT_LOCATION,
+                header::LAST_MODIFIED,
+                header::AGE,
+                header::VIA,
+            ] {
+                for v in headers.get_all(&name) {
+                    r.headers_mut().append(name.clone(), v.clone());
+                }
+            }
+            return Ok((r, outcome));
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut r = Response::new(if parts.method == Method::HEAD {
+            empty()
+        } else {
+            full(body)
+        });
+        *r.status_mut() = e.status;
+        *r.headers_mut() = headers;
+        Ok((r, outcome))
+    }
+
+    /// The original of a latent entry when the originals tier does not hold it.
+    async fn refetch_original(
+        &self,
+        e: &Entry,
+        parts: &Parts,
+        ctx: &Ctx<'_>,
+    ) -> Result<Bytes, HttpError> {
+        let inner = &self.inner;
+        inner.metrics.original_refetches.inc();
+        inner.metrics.origin_requests.inc();
+        let mut headers = parts.headers.clone();
+        for h in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::RANGE,
+        ] {
+            headers.remove(h);
+        }
+        let req = self.origin_request(&Method::GET, parts.uri.clone(), &headers, ctx, empty());
+        let resp = inner.client.send(req).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(HttpError::BadGateway(format!(
+                "refetching the original image: origin answered {}",
+                resp.status()
+            )));
+        }
+        let body = self.origin_body(resp.into_body());
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|err| HttpError::BadGateway(format!("refetching the original image: {err}")))?
+            .to_bytes();
+        inner.cache.store_original(e.id, bytes.clone()).await;
+        Ok(bytes)
+    }
+
+    /// A PNG of the latent's reconstruction (operator opt-in), or `None` when
+    /// the pool is full or decoding fails.
+    async fn reconstruct(&self, code: Bytes) -> Option<Bytes> {
+        let rx = self
+            .inner
+            .pool
+            .try_run(move |codec| {
+                let img = codec.decode(&code).ok()?;
+                let mut out = Vec::new();
+                img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+                    .ok()?;
+                Some(Bytes::from(out))
+            })
+            .ok()?;
+        let png = rx.await.ok()??;
+        self.inner.metrics.decodes.inc();
+        Some(png)
+    }
+
+    /// Everything that is not a cacheable GET/HEAD: streamed both ways.
+    /// Unsafe methods invalidate the target and its Location/Content-Location.
+    async fn pass(
+        &self,
+        req: Request<Incoming>,
+        ctx: &Ctx<'_>,
+    ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
+        let inner = &self.inner;
+        let (parts, body) = req.into_parts();
+        let idle = Duration::from_millis(inner.cfg.limits.body_idle_timeout_ms);
+        let body = Limited::new(body, inner.cfg.limits.max_request_body as usize);
+        let body = Watched::new(body, idle, inner.metrics.request_bytes.clone()).boxed();
+        let req = self.origin_request(&parts.method, parts.uri.clone(), &parts.headers, ctx, body);
+        inner.metrics.origin_requests.inc();
+        let resp = inner.client.send(req).await?;
+        let unsafe_method = !matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        if unsafe_method && (resp.status().is_success() || resp.status().is_redirection()) {
+            inner.cache.invalidate(&ctx.key).await;
+            for h in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(k) = resp
+                    .headers()
+                    .get(&h)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| same_origin_key(&ctx.host, v))
+                {
+                    inner.cache.invalidate(&k).await;
+                }
+            }
+        }
+        let (mut rparts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        add_via(&mut rparts.headers);
+        Ok((Response::from_parts(rparts, self.origin_body(body)), "pass"))
+    }
+
+    /// The request sent to the origin: hop-by-hop removed, proxy headers added.
+    fn origin_request(
+        &self,
+        method: &Method,
+        uri: Uri,
+        headers: &HeaderMap,
+        ctx: &Ctx<'_>,
+        body: ProxyBody,
+    ) -> Request<ProxyBody> {
+        let o = &ctx.upstream.origin;
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = format!("http://{}{}{}", o.authority, o.base_path, pq);
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = target.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        let h = req.headers_mut();
+        *h = headers.clone();
+        strip_hop_by_hop(h);
+        let host = if ctx.upstream.preserve_host {
+            ctx.host.clone()
+        } else {
+            o.authority.clone()
+        };
+        h.insert(header::HOST, cache::value(&host));
+        add_via(h);
+        let ip = ctx.peer.ip();
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        h.insert("x-forwarded-for", cache::value(&xff));
+        h.insert("x-forwarded-host", cache::value(&ctx.host));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let for_ = if ip.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.to_string()
+        };
+        h.append(
+            header::FORWARDED,
+            cache::value(&format!("for={for_};host=\"{}\";proto=http", ctx.host)),
+        );
+        req
+    }
+
+    /// An origin body with the idle timeout, size limit and byte count.
+    fn origin_body(&self, body: Incoming) -> ProxyBody {
+        let inner = &self.inner;
+        let idle = Duration::from_millis(inner.cfg.limits.body_idle_timeout_ms);
+        let limited = Limited::new(body, inner.cfg.limits.max_response_body as usize);
+        Watched::new(limited, idle, inner.metrics.origin_bytes.clone()).boxed()
+    }
+
+    async fn ops(&self, path: &str) -> Response<ProxyBody> {
+        let text = |status: StatusCode, ct: &'static str, body: String| {
+            let mut r = Response::new(full(body));
+            *r.status_mut() = status;
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        };
+        match path {
+            "/_vaeproxy/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/_vaeproxy/metrics" => {
+                let m = &self.inner.metrics;
+                let [e, o] = self.inner.cache.sizes().await;
+                m.cache_entries
+                    .with_label_values(&["entries"])
+                    .set(e.0 as i64);
+                m.cache_bytes
+                    .with_label_values(&["entries"])
+                    .set(e.1 as i64);
+                m.cache_entries
+                    .with_label_values(&["originals"])
+                    .set(o.0 as i64);
+                m.cache_bytes
+                    .with_label_values(&["originals"])
+                    .set(o.1 as i64);
+                text(StatusCode::OK, "text/plain; version=0.0.4", m.render())
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("no internal endpoint {path}\n"),
+            ),
+        }
+    }
+}
+
+fn is_latent(e: &Entry) -> bool {
+    matches!(e.body, Stored::Latent { .. })
+}
+
+/// The latent representation's ETag, derived from the original's so that
+/// revalidation stays tied to the origin's validator.
+fn latent_etag(original: Option<&HeaderValue>, model: &ModelId) -> Option<HeaderValue> {
+    let tag = original?.to_str().ok()?;
+    let (weak, opaque) = match tag.strip_prefix("W/") {
+        Some(rest) => ("W/", rest),
+        None => ("", tag),
+    };
+    let inner = opaque.trim_matches('"');
+    let id = &model.to_hex()[..8];
+    HeaderValue::from_str(&format!("{weak}\"{inner}.vlat-{id}\"")).ok()
+}
+
+/// Whether a client's If-None-Match / If-Modified-Since is satisfied by the
+/// representation about to be sent (RFC 9110 13.2.2: INM first).
+fn not_modified(req: &HeaderMap, resp: &HeaderMap) -> bool {
+    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let Some(etag) = resp.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
+        let mine = strip(etag);
+        return inm.split(',').any(|t| t.trim() == "*" || strip(t) == mine);
+    }
+    let since = freshness::date_header(req, &header::IF_MODIFIED_SINCE);
+    let lm = freshness::date_header(resp, &header::LAST_MODIFIED);
+    match (since, lm) {
+        (Some(since), Some(lm)) => lm <= since,
+        _ => false,
+    }
+}
+
+fn error_response(e: &HttpError) -> Response<ProxyBody> {
+    let mut r = Response::new(full(format!("{e}\n")));
+    *r.status_mut() = e.status();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    add_via(h);
+    r
+}
+
+/// The authority the client asked for: from an absolute-form URI (HTTP/2, or
+/// a proxy-style request line), else from Host.
+fn request_host(req: &Request<Incoming>) -> Result<String, HttpError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str().to_ascii_lowercase());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .ok_or_else(|| HttpError::BadRequest("request has no Host header".into()))?
+        .to_str()
+        .map_err(|_| HttpError::BadRequest("Host header is not ASCII".into()))?;
+    let host: hyper::http::uri::Authority = host
+        .parse()
+        .map_err(|_| HttpError::BadRequest(format!("Host header {host:?} is not a host")))?;
+    Ok(host.as_str().to_ascii_lowercase())
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split(']').next().map_or(authority, |h| &h[1..]);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn pragma_no_cache(h: &HeaderMap) -> bool {
+    !h.contains_key(header::CACHE_CONTROL)
+        && h.get_all(header::PRAGMA).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.to_ascii_lowercase().contains("no-cache"))
+        })
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for n in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        h.remove(n);
+    }
+}
+
+fn add_via(h: &mut HeaderMap) {
+    h.append(header::VIA, HeaderValue::from_static("1.1 vaeproxy"));
+}
+
+/// The cache key a Location/Content-Location names, if on the same host.
+fn same_origin_key(host: &str, loc: &str) -> Option<PrimaryKey> {
+    let uri: Uri = loc.parse().ok()?;
+    match uri.authority() {
+        Some(a) if !a.as_str().eq_ignore_ascii_case(host) => None,
+        _ => {
+            let pq = uri.path_and_query()?.as_str();
+            pq.starts_with('/')
+                .then(|| PrimaryKey::new("http", host, pq))
+        }
+    }
+}
+
+fn parts_clone(p: &Parts) -> Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn conditionals() {
+        let mut resp = HeaderMap::new();
+        resp.insert(header::ETAG, HeaderValue::from_static("\"a\""));
+        resp.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Tue, 15 Nov 1994 12:45:26 GMT"),
+        );
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("W/\"a\", \"b\""),
+        );
+        assert!(not_modified(&req, &resp));
+        req.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"b\""));
+        assert!(!not_modified(&req, &resp));
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Tue, 15 Nov 1994 12:45:26 GMT"),
+        );
+        assert!(not_modified(&req, &resp));
+    }
+
+    #[test]
+    fn latent_etags_follow_the_original() {
+        let id = ModelId([0xab; 16]);
+        let t = latent_etag(Some(&HeaderValue::from_static("W/\"x1\"")), &id).unwrap();
+        assert_eq!(t, "W/\"x1.vlat-abababab\"");
+        assert!(latent_etag(None, &id).is_none());
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert!(same_origin_key("h:1", "http://other/x").is_none());
+        assert_eq!(
+            same_origin_key("h:1", "/x?y").unwrap().0,
+            "GET http://h:1/x?y"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! The response filter that turns an image body into a latent code, with the
+//! guards that keep the original instead. `transform` runs on the model pool
+//! (it is CPU work); `sniff` and `animated` are cheap byte checks.
+
+use crate::codec::{quality, read_dynamic, Codec};
+use crate::config::CodecConfig;
+use bytes::Bytes;
+use image::ImageFormat;
+
+/// Why an image was kept as its original bytes (the metric's label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Over the byte or pixel limit, or the header claims a bomb.
+    TooLarge,
+    /// Sniffed as an image, but the bytes do not decode.
+    Undecodable,
+    /// Has an alpha channel that is actually used.
+    Alpha,
+    /// An animated GIF, PNG or WebP.
+    Animated,
+    /// The latent is not smaller than the original.
+    NotSmaller,
+    /// The reconstruction is below the PSNR floor: out of distribution.
+    LowPsnr,
+    /// The origin said `Cache-Control: no-transform`.
+    NoTransform,
+    /// The model pool was full; the image passed through unencoded.
+    PoolFull,
+}
+
+impl Guard {
+    pub fn label(self) -> &'static str {
+        match self {
+            Guard::TooLarge => "too_large",
+            Guard::Undecodable => "undecodable",
+            Guard::Alpha => "alpha",
+            Guard::Animated => "animated",
+            Guard::NotSmaller => "not_smaller",
+            Guard::LowPsnr => "low_psnr",
+            Guard::NoTransform => "no_transform",
+            Guard::PoolFull => "pool_full",
+        }
+    }
+}
+
+/// The outcome of one encode job.
+#[derive(Debug)]
+pub enum Transformed {
+    Latent { code: Bytes, psnr: f64 },
+    Kept(Guard),
+}
+
+/// The image format from the magic bytes; `None` for anything the codec does
+/// not take (the Content-Type header is not trusted).
+pub fn sniff(body: &[u8]) -> Option<ImageFormat> {
+    match image::guess_format(body).ok()? {
+        f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif) => {
+            Some(f)
+        }
+        _ => None,
+    }
+}
+
+/// Whether the file holds more than one frame. Checked on the bytes:
+/// PNG's `acTL` chunk (before the image data), WebP's VP8X animation flag,
+/// and for GIF a second image descriptor found by the decoder.
+pub fn animated(format: ImageFormat, body: &[u8]) -> bool {
+    match format {
+        ImageFormat::Png => png_has_actl(body),
+        ImageFormat::WebP => body.len() > 20 && &body[12..16] == b"VP8X" && body[20] & 0x02 != 0,
+        ImageFormat::Gif => {
+            use image::AnimationDecoder;
+            let Ok(dec) = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(body)) else {
+                return false;
+            };
+            // Two frames are enough to know; never decode the whole animation.
+            dec.into_frames().take(2).filter(|f| f.is_ok()).count() > 1
+        }
+        _ => false,
+    }
+}
+
+fn png_has_actl(b: &[u8]) -> bool {
+    let mut i = 8;
+    while i + 8 <= b.len() {
+        let len = u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+        let ty = &b[i + 4..i + 8];
+        if ty == b"acTL" {
+            return true;
+        }
+        if ty == b"IDAT" {
+            return false;
+        }
+        i = i.saturating_add(12).saturating_add(len);
+    }
+    false
+}
+
+/// Decodes, checks and encodes one image. Never panics on bad bytes.
+pub fn transform(codec: &Codec, body: &[u8], cfg: &CodecConfig) -> Transformed {
+    let Some(format) = sniff(body) else {
+        return Transformed::Kept(Guard::Undecodable);
+    };
+    if body.len() as u64 > cfg.max_image_bytes {
+        return Transformed::Kept(Guard::TooLarge);
+    }
+    if animated(format, body) {
+        return Transformed::Kept(Guard::Animated);
+    }
+    let img = match read_dynamic(body, cfg.max_pixels) {
+        Ok(img) => img,
+        Err(e) => {
+            let msg = e.to_string().to_ascii_lowercase();
+            let guard = if msg.contains("limit") {
+                Guard::TooLarge
+            } else {
+                Guard::Undecodable
+            };
+            return Transformed::Kept(guard);
+        }
+    };
+    if img.color().has_alpha() && has_meaningful_alpha(&img) {
+        return Transformed::Kept(Guard::Alpha);
+    }
+    let rgb = img.to_rgb8();
+    drop(img);
+    let code = match codec.encode(&rgb, cfg.quality.min(codec.levels())) {
+        Ok(c) => c,
+        Err(_) => return Transformed::Kept(Guard::Undecodable),
+    };
+    if code.len() >= body.len() {
+        return Transformed::Kept(Guard::NotSmaller);
+    }
+    let psnr = match codec.decode(&code) {
+        Ok(recon) => quality::psnr(&rgb, &recon),
+        Err(_) => return Transformed::Kept(Guard::Undecodable),
+    };
+    if psnr < cfg.psnr_floor {
+        return Transformed::Kept(Guard::LowPsnr);
+    }
+    Transformed::Latent {
+        code: Bytes::from(code),
+        psnr,
+    }
+}
+
+/// Alpha that changes the picture: more than 0.1% of pixels below 250.
+fn has_meaningful_alpha(img: &image::DynamicImage) -> bool {
+    let rgba = img.to_rgba8();
+    let see_through = rgba.pixels().filter(|p| p.0[3] < 250).count();
+    see_through * 1000 > rgba.pixels().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(img: image::DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn sniffs_bytes_not_names() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n...."), Some(ImageFormat::Png));
+        assert_eq!(sniff(b"\xff\xd8\xff\xe0"), Some(ImageFormat::Jpeg));
+        assert_eq!(sniff(b"<html>"), None);
+        assert_eq!(sniff(b"BM......"), None, "BMP is not taken");
+    }
+
+    #[test]
+    fn guards() {
+        let codec = Codec::shipped().unwrap();
+        let cfg = CodecConfig::default();
+        // Transparent image: kept.
+        let mut rgba = image::RgbaImage::new(64, 64);
+        for (x, _, p) in rgba.enumerate_pixels_mut() {
+            *p = image::Rgba([200, 100, 50, if x < 32 { 0 } else { 255 }]);
+        }
+        let t = transform(&codec, &png(rgba.into()), &cfg);
+        assert!(matches!(t, Transformed::Kept(Guard::Alpha)), "{t:?}");
+        // Line art (a hard checkerboard) is below the PSNR floor.
+        let art = image::RgbImage::from_fn(256, 256, |x, y| {
+            if (x / 2 + y / 2) % 2 == 0 {
+                image::Rgb([0, 0, 0])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        let t = transform(&codec, &png(art.into()), &cfg);
+        assert!(
+            matches!(t, Transformed::Kept(Guard::LowPsnr | Guard::NotSmaller)),
+            "{t:?}"
+        );
+        // Garbage after a PNG signature.
+        let t = transform(&codec, b"\x89PNG\r\n\x1a\nnot really", &cfg);
+        assert!(matches!(t, Transformed::Kept(Guard::Undecodable)), "{t:?}");
+        // A photo becomes a latent.
+        let photo = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/canyon.jpg"
+        ))
+        .unwrap();
+        match transform(&codec, &photo, &cfg) {
+            Transformed::Latent { code, psnr } => {
+                assert!(code.len() < photo.len());
+                assert!(psnr > cfg.psnr_floor);
+            }
+            t => panic!("{t:?}"),
+        }
+    }
+
+    #[test]
+    fn bomb_header_is_too_large() {
+        // A valid PNG header claiming 60000x60000, then nothing.
+        let mut b = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        b.extend_from_slice(&60000u32.to_be_bytes());
+        b.extend_from_slice(&60000u32.to_be_bytes());
+        b.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let crc = crc32fast::hash(&b[12..29]);
+        b.extend_from_slice(&crc.to_be_bytes());
+        let codec = Codec::shipped().unwrap();
+        let t = transform(&codec, &b, &CodecConfig::default());
+        assert!(matches!(t, Transformed::Kept(Guard::TooLarge)), "{t:?}");
+    }
+}

@@ -1,0 +1,243 @@
+//! Origins as data and the pooled client that talks to them, with the
+//! timeouts that turn a dead or slow origin into a 502/504 with a reason.
+
+use crate::config::{parse_origin, Limits, Origin, Route};
+use crate::error::HttpError;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use prometheus::IntCounter;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the proxy sends or relays.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// A route with its origin parsed.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub origin: Origin,
+    pub preserve_host: bool,
+}
+
+impl Upstream {
+    /// `demo_addr` replaces the `demo` origin (the built-in demo server).
+    pub fn from_route(r: &Route, demo_addr: Option<std::net::SocketAddr>) -> Result<Self, String> {
+        let origin = match (r.origin.as_str(), demo_addr) {
+            ("demo", Some(a)) => parse_origin(&format!("http://{a}"))?,
+            ("demo", None) => return Err("the demo origin is not running".into()),
+            (o, _) => parse_origin(o)?,
+        };
+        Ok(Upstream {
+            host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            path_prefix: r.path_prefix.clone(),
+            origin,
+            preserve_host: r.preserve_host,
+        })
+    }
+
+    pub fn matches(&self, host: &str, path: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
+    }
+}
+
+/// The pooled HTTP/1.1 client to every origin.
+#[derive(Clone)]
+pub struct OriginClient {
+    client: Client<HttpConnector, ProxyBody>,
+    header_timeout: Duration,
+}
+
+impl OriginClient {
+    pub fn new(limits: &Limits) -> OriginClient {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(Duration::from_millis(limits.connect_timeout_ms)));
+        conn.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(conn);
+        OriginClient {
+            client,
+            header_timeout: Duration::from_millis(limits.header_timeout_ms),
+        }
+    }
+
+    /// Sends `req` and waits for the response head, within the header timeout.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, HttpError> {
+        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+            Err(_) => Err(HttpError::GatewayTimeout(format!(
+                "origin sent no response within {} ms",
+                self.header_timeout.as_millis()
+            ))),
+            Ok(Err(e)) => {
+                let chain = error_chain(&e);
+                if e.is_connect() && chain.contains("timed out") {
+                    Err(HttpError::GatewayTimeout(format!(
+                        "connecting to origin timed out: {chain}"
+                    )))
+                } else if e.is_connect() {
+                    Err(HttpError::BadGateway(format!(
+                        "cannot connect to origin: {chain}"
+                    )))
+                } else {
+                    Err(HttpError::BadGateway(format!("origin failed: {chain}")))
+                }
+            }
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// A body that counts its bytes into a metric and fails if no frame arrives
+/// within `idle` (a stalled peer must not hold a connection forever).
+pub struct Watched<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    counter: IntCounter,
+}
+
+impl<B> Watched<B> {
+    pub fn new(inner: B, idle: Duration, counter: IntCounter) -> Self {
+        Watched {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            counter,
+        }
+    }
+}
+
+impl<B> Body for Watched<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.counter.inc_by(d.len() as u64);
+                }
+                let deadline = Instant::now() + self.idle;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "body stalled for {} ms",
+                    self.idle.as_millis()
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads a body up to `limit` bytes. `Ok(Err(prefix, rest))` when it is
+/// longer: the caller streams `prefix` then `rest` instead of caching.
+pub async fn collect_up_to(
+    mut body: ProxyBody,
+    limit: u64,
+) -> Result<Result<Bytes, (Vec<Bytes>, ProxyBody)>, BoxError> {
+    let mut parts = Vec::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            len += data.len() as u64;
+            parts.push(data);
+            if len > limit {
+                return Ok(Err((parts, body)));
+            }
+        }
+    }
+    if parts.len() == 1 {
+        return Ok(Ok(parts.pop().expect("one part")));
+    }
+    let mut all = Vec::with_capacity(len as usize);
+    for p in parts {
+        all.extend_from_slice(&p);
+    }
+    Ok(Ok(Bytes::from(all)))
+}
+
+/// `prefix` then the rest of `body`, as one body.
+pub fn prefixed(prefix: Vec<Bytes>, body: ProxyBody) -> ProxyBody {
+    Prefixed {
+        head: prefix.into(),
+        rest: body,
+    }
+    .boxed()
+}
+
+struct Prefixed {
+    head: std::collections::VecDeque<Bytes>,
+    rest: ProxyBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(b) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}

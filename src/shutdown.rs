@@ -1,0 +1,24 @@
+//! Shutdown signals. The server stops accepting when the future returned by
+//! [`signal`] (or any future a test passes instead) completes, then lets
+//! in-flight requests finish (see `server::run`).
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM (what `docker stop` and systemd send).
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
