@@ -22,6 +22,7 @@ pub struct Directives {
     pub proxy_revalidate: bool,
     pub no_transform: bool,
     pub only_if_cached: bool,
+    pub must_understand: bool,
     /// `Some(None)` marks a present but invalid value, which makes a response stale.
     pub max_age: Option<Option<u64>>,
     pub s_maxage: Option<Option<u64>>,
@@ -56,6 +57,7 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 "proxy-revalidate" => d.proxy_revalidate = true,
                 "no-transform" => d.no_transform = true,
                 "only-if-cached" => d.only_if_cached = true,
+                "must-understand" => d.must_understand = true,
                 "max-age" => d.max_age = Some(secs()),
                 "s-maxage" => d.s_maxage = Some(secs()),
                 "max-stale" => d.max_stale = Some(secs()),
@@ -143,10 +145,53 @@ pub fn date_header(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime>
     httpdate::parse_http_date(v.to_str().ok()?.trim()).ok()
 }
 
-/// `Age`: the first value if it is a valid delta-seconds.
-pub fn age_header(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get(header::AGE)?.to_str().ok()?;
-    parse_delta(v.split(',').next()?.trim())
+/// `Age`: `Ok(None)` when absent, `Ok(Some(secs))` for exactly one line
+/// holding one delta-seconds, `Err(())` for anything else (a list, a second
+/// line, a sign, a fraction, a parameter). Age is a singleton field (RFC 9111
+/// 5.1), so an invalid one cannot be trusted and the response counts as stale.
+#[allow(clippy::result_unit_err)]
+pub fn age_header(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut lines = headers.get_all(header::AGE).iter();
+    let Some(v) = lines.next() else {
+        return Ok(None);
+    };
+    if lines.next().is_some() {
+        return Err(());
+    }
+    let v = v.to_str().map_err(|_| ())?;
+    parse_delta(v.trim()).map(Some).ok_or(())
+}
+
+/// `Surrogate-Control` (W3C Edge Architecture), untargeted directives only:
+/// (no-store, max-age). It speaks to caches like this one, so it overrides
+/// `Cache-Control` and `Expires` for freshness.
+pub fn surrogate(headers: &HeaderMap) -> (bool, Option<u64>) {
+    let mut no_store = false;
+    let mut max_age = None;
+    for line in headers.get_all("surrogate-control") {
+        let Ok(line) = line.to_str() else { continue };
+        for d in line.split(',') {
+            let d = d.trim();
+            // `max-age=60;device` targets another surrogate: not ours.
+            if d.contains(';') {
+                continue;
+            }
+            let (name, value) = match d.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (d, None),
+            };
+            match (name.to_ascii_lowercase().as_str(), value) {
+                ("no-store", None) => no_store = true,
+                ("max-age", Some(v)) if max_age.is_none() => {
+                    // The note's grammar has no spaces and allows `+stale`.
+                    let v = v.split('+').next().unwrap_or("");
+                    max_age = parse_delta(v);
+                }
+                _ => {}
+            }
+        }
+    }
+    (no_store, max_age)
 }
 
 /// Status codes a cache may store without explicit freshness (9110 15.1).
@@ -171,16 +216,23 @@ pub fn storable(
     if status.is_informational() || status == StatusCode::PARTIAL_CONTENT {
         return false;
     }
-    // Only statuses whose semantics we understand (9111 3: "understood").
-    if !matches!(
-        status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
-    ) {
+    if status == StatusCode::NOT_MODIFIED {
         return false;
     }
     let req = directives(req_headers);
     let resp = directives(resp_headers);
-    if req.no_store || resp.no_store || resp.private {
+    let (surrogate_no_store, surrogate_max_age) = surrogate(resp_headers);
+    // must-understand: store only statuses whose caching rules we know, and
+    // then it overrides no-store (9111 5.2.2.3).
+    let understood = matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    );
+    if resp.must_understand && !understood {
+        return false;
+    }
+    let no_store = resp.no_store && !resp.must_understand;
+    if req.no_store || no_store || resp.private || surrogate_no_store {
         return false;
     }
     if resp_headers.get_all(header::VARY).iter().any(|v| {
@@ -195,6 +247,7 @@ pub fn storable(
         return false;
     }
     resp.public
+        || surrogate_max_age.is_some()
         || resp.max_age.is_some()
         || resp.s_maxage.is_some()
         || resp_headers.contains_key(header::EXPIRES)
@@ -238,6 +291,10 @@ impl Freshness {
         let d = directives(headers);
         let date = date_header(headers, &header::DATE).unwrap_or(response_time);
         let lifetime = match (d.s_maxage, d.max_age) {
+            _ if age_header(headers).is_err() => Duration::ZERO,
+            _ if surrogate(headers).1.is_some() => {
+                Duration::from_secs(surrogate(headers).1.unwrap_or(0))
+            }
             (Some(s), _) => Duration::from_secs(s.unwrap_or(0)),
             (None, Some(m)) => Duration::from_secs(m.unwrap_or(0)),
             (None, None) => {
@@ -265,7 +322,7 @@ impl Freshness {
         let response_delay = response_time
             .duration_since(request_time)
             .unwrap_or_default();
-        let age_value = Duration::from_secs(age_header(headers).unwrap_or(0));
+        let age_value = Duration::from_secs(age_header(headers).ok().flatten().unwrap_or(0));
         let initial_age = apparent_age.max(age_value + response_delay);
         Freshness {
             lifetime,
@@ -416,6 +473,52 @@ mod tests {
     }
 
     #[test]
+    fn invalid_age_is_stale() {
+        let now = SystemTime::now();
+        for bad in [
+            &[("age", "abc")][..],
+            &[("age", "0, 0")],
+            &[("age", "1"), ("age", "1")],
+            &[("age", "5;x=1")],
+        ] {
+            let mut hs = vec![("cache-control", "max-age=100")];
+            hs.extend_from_slice(bad);
+            let f = Freshness::of(StatusCode::OK, &h(&hs), now, now, H);
+            assert_eq!(f.lifetime, Duration::ZERO, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn surrogate_control_overrides() {
+        let now = SystemTime::now();
+        let f = |hs: &[(&str, &str)]| Freshness::of(StatusCode::OK, &h(hs), now, now, H).lifetime;
+        assert_eq!(
+            f(&[
+                ("cache-control", "max-age=1"),
+                ("surrogate-control", "max-age=60")
+            ])
+            .as_secs(),
+            60
+        );
+        assert_eq!(
+            f(&[
+                ("cache-control", "max-age=60"),
+                ("surrogate-control", "max-age= 5")
+            ])
+            .as_secs(),
+            60
+        );
+        assert_eq!(
+            f(&[
+                ("cache-control", "max-age=60"),
+                ("surrogate-control", "max-age=5;cdn")
+            ])
+            .as_secs(),
+            60
+        );
+    }
+
+    #[test]
     fn age_counts_upstream_age_and_delay() {
         let now = SystemTime::now();
         let sent = now - Duration::from_secs(2);
@@ -461,6 +564,21 @@ mod tests {
             &h(&[("cache-control", "max-age=1")])
         ));
         assert!(!storable(&get, &none, StatusCode::FOUND, &none));
+        assert!(storable(
+            &get,
+            &none,
+            StatusCode::BAD_GATEWAY,
+            &h(&[("cache-control", "max-age=1")])
+        ));
+        assert!(!storable(
+            &get,
+            &none,
+            ok,
+            &h(&[
+                ("surrogate-control", "no-store"),
+                ("cache-control", "max-age=9")
+            ])
+        ));
         assert!(storable(
             &get,
             &none,

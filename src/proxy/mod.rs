@@ -480,10 +480,16 @@ impl Proxy {
         let mut replaced: Vec<HeaderName> = Vec::new();
         for (name, value) in new.iter() {
             let n = name.as_str();
-            if HOP_BY_HOP.contains(&n)
-                || n == "content-length"
-                || n == "content-type" && is_latent(e)
-            {
+            // A 304 describes the stored representation; fields that would
+            // change what the stored body *is* are not taken from it.
+            const KEEP: [&str; 5] = [
+                "content-length",
+                "content-encoding",
+                "content-range",
+                "content-md5",
+                "etag",
+            ];
+            if HOP_BY_HOP.contains(&n) || KEEP.contains(&n) || n == "content-type" && is_latent(e) {
                 continue;
             }
             if !replaced.contains(name) {
@@ -824,7 +830,10 @@ fn not_modified(req: &HeaderMap, resp: &HeaderMap) -> bool {
         return inm.split(',').any(|t| t.trim() == "*" || strip(t) == mine);
     }
     let since = freshness::date_header(req, &header::IF_MODIFIED_SINCE);
-    let lm = freshness::date_header(resp, &header::LAST_MODIFIED);
+    // Without Last-Modified, the Date of the stored response is the best
+    // lower bound of its modification time (RFC 9110 13.1.3).
+    let lm = freshness::date_header(resp, &header::LAST_MODIFIED)
+        .or_else(|| freshness::date_header(resp, &header::DATE));
     match (since, lm) {
         (Some(since), Some(lm)) => lm <= since,
         _ => false,
