@@ -236,11 +236,11 @@ impl Proxy {
                 Some(e) => match freshness::reuse(&e.freshness, &ctx.req_cc, pragma, now) {
                     Reuse::Fresh => {
                         m.lookups.with_label_values(&["hit"]).inc();
-                        return self.from_entry(&e, &parts, ctx, None, "hit").await;
+                        return self.respond_from(&e, &parts, ctx, None, "hit").await;
                     }
                     Reuse::Stale => {
                         m.lookups.with_label_values(&["stale"]).inc();
-                        return self.from_entry(&e, &parts, ctx, None, "stale").await;
+                        return self.respond_from(&e, &parts, ctx, None, "stale").await;
                     }
                     Reuse::StaleRevalidate => {
                         m.lookups.with_label_values(&["stale"]).inc();
@@ -266,7 +266,7 @@ impl Proxy {
                                 drop(guard);
                             });
                         }
-                        return self.from_entry(&e, &parts, ctx, None, "stale").await;
+                        return self.respond_from(&e, &parts, ctx, None, "stale").await;
                     }
                     Reuse::Revalidate => Some(e),
                 },
@@ -299,12 +299,12 @@ impl Proxy {
             drop(guard);
             return match fetched? {
                 Fetched::Stored(e, original) => {
-                    self.from_entry(&e, &parts, ctx, original, "miss").await
+                    self.respond_from(&e, &parts, ctx, original, "miss").await
                 }
                 Fetched::Freshened(e) => {
-                    self.from_entry(&e, &parts, ctx, None, "revalidated").await
+                    self.respond_from(&e, &parts, ctx, None, "revalidated").await
                 }
-                Fetched::StaleOnError(e) => self.from_entry(&e, &parts, ctx, None, "stale").await,
+                Fetched::StaleOnError(e) => self.respond_from(&e, &parts, ctx, None, "stale").await,
                 Fetched::Relay(mut r) => {
                     if parts.method == Method::HEAD {
                         *r.body_mut() = empty();
@@ -516,7 +516,7 @@ impl Proxy {
     }
 
     /// Phase 6: a response from a stored entry, negotiated and conditional.
-    async fn from_entry(
+    async fn respond_from(
         &self,
         e: &Entry,
         parts: &Parts,

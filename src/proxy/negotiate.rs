@@ -124,7 +124,7 @@ mod tests {
             &req(&format!("{MIME}; model={hex}; q=0")),
             &id
         ));
-        assert!(!accepts_latent(&req(&format!("{MIME}")), &id));
+        assert!(!accepts_latent(&req(MIME), &id));
         assert!(!accepts_latent(&req(&format!("{MIME}; model=00")), &id));
         assert!(!accepts_latent(&req("*/*"), &id));
     }
