@@ -97,3 +97,27 @@ fn bad_inputs_name_the_file_and_fail() {
         .unwrap()
         .contains("/nonexistent/x.vlat"));
 }
+
+/// `vaeproxy serve` with a bad config stops at once with one message naming the key.
+#[test]
+fn serve_refuses_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[[route]]\norigin = \"http://127.0.0.1:9\"\n[cache]\ncapacity = 1\n", "capacity"),
+        ("[[route]]\norigin = \"gopher://x\"\n", "route[0].origin"),
+        ("[[route]]\norigin = \"http://127.0.0.1:9\"\n[codec]\nweights = \"/no/such.safetensors\"\n", "codec.weights"),
+        ("listen = \"nope\"\n[[route]]\norigin = \"http://127.0.0.1:9\"\n", "listen"),
+        ("", "no [[route]]"),
+    ];
+    for (i, (toml, key)) in cases.iter().enumerate() {
+        let p = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&p, toml).unwrap();
+        let out = bin().arg("serve").arg("--config").arg(&p).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{key}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one message: {err}");
+    }
+    let out = bin().args(["serve", "--origin", "ftp://x", "--config", "config/vaeproxy.toml"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--origin"));
+}
