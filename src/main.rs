@@ -139,6 +139,7 @@ fn serve(args: ServeArgs, weights: Option<PathBuf>) -> Result<(), String> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let default_path = PathBuf::from("config/vaeproxy.toml");
     let mut cfg = match (&args.config, &args.origin) {

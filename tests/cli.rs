@@ -118,6 +118,15 @@ fn serve_refuses_bad_config() {
         assert!(err.contains(key), "{key}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one message: {err}");
     }
-    let out = bin().args(["serve", "--origin", "ftp://x", "--config", "config/vaeproxy.toml"]).output().unwrap();
+    let out = bin()
+        .args([
+            "serve",
+            "--origin",
+            "ftp://x",
+            "--config",
+            "config/vaeproxy.toml",
+        ])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--origin"));
 }

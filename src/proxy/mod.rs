@@ -302,7 +302,8 @@ impl Proxy {
                     self.respond_from(&e, &parts, ctx, original, "miss").await
                 }
                 Fetched::Freshened(e) => {
-                    self.respond_from(&e, &parts, ctx, None, "revalidated").await
+                    self.respond_from(&e, &parts, ctx, None, "revalidated")
+                        .await
                 }
                 Fetched::StaleOnError(e) => self.respond_from(&e, &parts, ctx, None, "stale").await,
                 Fetched::Relay(mut r) => {
@@ -777,19 +778,13 @@ impl Proxy {
             "/_vaeproxy/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
             "/_vaeproxy/metrics" => {
                 let m = &self.inner.metrics;
-                let [e, o] = self.inner.cache.sizes().await;
-                m.cache_entries
-                    .with_label_values(&["entries"])
-                    .set(e.0 as i64);
-                m.cache_bytes
-                    .with_label_values(&["entries"])
-                    .set(e.1 as i64);
-                m.cache_entries
-                    .with_label_values(&["originals"])
-                    .set(o.0 as i64);
-                m.cache_bytes
-                    .with_label_values(&["originals"])
-                    .set(o.1 as i64);
+                let sizes = self.inner.cache.sizes().await;
+                for (tier, (entries, bytes)) in ["entries", "originals"].into_iter().zip(sizes) {
+                    m.cache_entries
+                        .with_label_values(&[tier])
+                        .set(entries as i64);
+                    m.cache_bytes.with_label_values(&[tier]).set(bytes as i64);
+                }
                 text(StatusCode::OK, "text/plain; version=0.0.4", m.render())
             }
             _ => text(
@@ -892,14 +887,7 @@ fn pragma_no_cache(h: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<String> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let named = negotiate::list_members(h, header::CONNECTION);
     for n in HOP_BY_HOP
         .iter()
         .copied()

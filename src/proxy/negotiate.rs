@@ -72,16 +72,21 @@ pub fn choose(
     }
 }
 
-/// Adds `names` to the response's `Vary` unless already listed (or `*`).
-pub fn add_vary(headers: &mut HeaderMap, names: &[&str]) {
-    let existing: Vec<String> = headers
-        .get_all(header::VARY)
+/// The members of a comma-separated list header over all its lines, lowercased.
+pub fn list_members(headers: &HeaderMap, name: header::HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
-        .collect();
+        .collect()
+}
+
+/// Adds `names` to the response's `Vary` unless already listed (or `*`).
+pub fn add_vary(headers: &mut HeaderMap, names: &[&str]) {
+    let existing = list_members(headers, header::VARY);
     if existing.iter().any(|s| s == "*") {
         return;
     }
