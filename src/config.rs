@@ -27,6 +27,71 @@ pub struct Config {
     pub codec: CodecConfig,
     /// Timeouts and size limits against slow or hostile peers.
     pub limits: Limits,
+    /// Pools of images sampled from the VAE's prior, pre-generated at startup.
+    /// Absent: the `default` pool; `samples = []` turns sampling off.
+    pub samples: Vec<SamplePool>,
+}
+
+/// Output format of sampled images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleFormat {
+    Png,
+    Jpeg,
+    Webp,
+}
+
+/// One pool of sampled images, served at `/_vaeproxy/samples/{name}/{index}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplePool {
+    /// URL name of the pool: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Image size in pixels.
+    pub width: u32,
+    pub height: u32,
+    /// Number of images.
+    pub count: u32,
+    /// RNG seed: the same seed, size and weights give the same bytes.
+    #[serde(default)]
+    pub seed: u64,
+    /// PNG (lossless), JPEG or WebP (lossless in the `image` crate).
+    #[serde(default = "default_format")]
+    pub format: SampleFormat,
+    /// JPEG quality 1..=100.
+    #[serde(default = "default_jpeg_quality")]
+    pub jpeg_quality: u8,
+    /// z ~ N(0, t^2 I); below 1 gives smoother, more typical pictures.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+}
+
+fn default_format() -> SampleFormat {
+    SampleFormat::Png
+}
+
+fn default_jpeg_quality() -> u8 {
+    90
+}
+
+fn default_temperature() -> f32 {
+    0.8
+}
+
+impl SamplePool {
+    /// The pool the shipped config declares.
+    pub fn default_pool() -> SamplePool {
+        SamplePool {
+            name: "default".into(),
+            width: 256,
+            height: 256,
+            count: 64,
+            seed: 0,
+            format: SampleFormat::Png,
+            jpeg_quality: default_jpeg_quality(),
+            temperature: default_temperature(),
+        }
+    }
 }
 
 /// One route: requests whose Host and path match go to `origin`.
@@ -57,6 +122,8 @@ pub struct CacheConfig {
     pub originals_bytes: u64,
     /// Largest single response body that is cached; bigger ones stream through.
     pub max_object_bytes: u64,
+    /// Bytes for sampled images, apart from ordinary traffic so it cannot evict them.
+    pub samples_bytes: u64,
     /// How long a stale response with validators is kept for revalidation.
     pub keep_stale_secs: u64,
     /// Heuristic freshness as a fraction of (Date - Last-Modified), RFC 9111 4.2.2.
@@ -132,6 +199,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             codec: CodecConfig::default(),
             limits: Limits::default(),
+            samples: vec![SamplePool::default_pool()],
         }
     }
 }
@@ -142,6 +210,7 @@ impl Default for CacheConfig {
             capacity_bytes: 256 << 20,
             originals_bytes: 64 << 20,
             max_object_bytes: 16 << 20,
+            samples_bytes: 64 << 20,
             keep_stale_secs: 3600,
             heuristic_fraction: 0.1,
             heuristic_max_secs: 86400,
@@ -252,6 +321,43 @@ impl Config {
                 )));
             }
         }
+        for (i, p) in self.samples.iter().enumerate() {
+            let key = format!("samples[{i}]");
+            let ok_name = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok_name {
+                return Err(ConfigError(format!(
+                    "{key}.name: {:?} must be 1-64 letters, digits, '-' or '_'",
+                    p.name
+                )));
+            }
+            if self.samples[..i].iter().any(|q| q.name == p.name) {
+                return Err(ConfigError(format!(
+                    "{key}.name: {:?} is used twice",
+                    p.name
+                )));
+            }
+            if !(16..=2048).contains(&p.width) || !(16..=2048).contains(&p.height) {
+                return Err(ConfigError(format!(
+                    "{key}: {}x{} is outside 16..=2048 pixels a side",
+                    p.width, p.height
+                )));
+            }
+            if !(1..=4096).contains(&p.count) {
+                return Err(ConfigError(format!("{key}.count: must be 1..=4096")));
+            }
+            if !(p.temperature.is_finite() && (0.0..=4.0).contains(&p.temperature)) {
+                return Err(ConfigError(format!(
+                    "{key}.temperature: must be within 0..=4"
+                )));
+            }
+            if !(1..=100).contains(&p.jpeg_quality) {
+                return Err(ConfigError(format!("{key}.jpeg_quality: must be 1..=100")));
+            }
+        }
         if !(0.0..=1.0).contains(&self.cache.heuristic_fraction) {
             return Err(ConfigError(
                 "cache.heuristic_fraction: must be within 0..1".into(),
@@ -358,6 +464,23 @@ mod tests {
         let e = Config::from_toml(&format!("{MIN}[codec]\nweights = \"/nope.safetensors\"\n"))
             .unwrap_err();
         assert!(e.0.contains("codec.weights"), "{e}");
+    }
+
+    #[test]
+    fn sample_pools() {
+        let cfg = Config::from_toml(MIN).unwrap();
+        assert_eq!(cfg.samples.len(), 1, "the default pool when none is given");
+        let cfg = Config::from_toml(&format!("samples = []\n{MIN}")).unwrap();
+        assert!(cfg.samples.is_empty());
+        let bad = format!("{MIN}[[samples]]\nname = \"a/b\"\nwidth = 64\nheight = 64\ncount = 2\n");
+        let e = Config::from_toml(&bad).unwrap_err();
+        assert!(e.0.contains("samples[0].name"), "{e}");
+        let bad =
+            format!("{MIN}[[samples]]\nname = \"a\"\nwidth = 99999\nheight = 64\ncount = 2\n");
+        assert!(Config::from_toml(&bad)
+            .unwrap_err()
+            .0
+            .contains("samples[0]"));
     }
 
     #[test]

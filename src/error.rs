@@ -47,6 +47,15 @@ pub enum HttpError {
     /// No route serves this host/path: the proxy is not an open proxy (404).
     #[error("{0}")]
     NoRoute(String),
+    /// No such internal resource (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The method does not apply to this resource (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// Not ready yet; try again shortly (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// The request body is over the configured limit (413).
     #[error("{0}")]
     TooLarge(String),
@@ -64,7 +73,9 @@ impl HttpError {
         use hyper::StatusCode as S;
         match self {
             HttpError::BadRequest(_) => S::BAD_REQUEST,
-            HttpError::NoRoute(_) => S::NOT_FOUND,
+            HttpError::NoRoute(_) | HttpError::NotFound(_) => S::NOT_FOUND,
+            HttpError::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
+            HttpError::Unavailable(_) => S::SERVICE_UNAVAILABLE,
             HttpError::TooLarge(_) => S::PAYLOAD_TOO_LARGE,
             HttpError::BadGateway(_) => S::BAD_GATEWAY,
             HttpError::GatewayTimeout(_) => S::GATEWAY_TIMEOUT,

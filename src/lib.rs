@@ -20,6 +20,7 @@
 //! - [`cache`]: the moka-backed HTTP cache; `cache::freshness` (RFC 9111
 //!   rules), `cache::key` (primary key and Vary).
 //! - `codec::pool`: the bounded model pool, the only path from async code to candle.
+//! - [`sampler`]: pools of images sampled from the prior, pre-generated.
 //! - [`metrics`]: Prometheus counters; [`demo`]: the built-in demo origin.
 //!
 //! CPU-heavy work (encode, decode, sampling) is synchronous: async code must
@@ -41,6 +42,8 @@ pub mod demo;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod proxy;
+#[cfg(feature = "server")]
+pub mod sampler;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub cache_bytes: IntGaugeVec,
     /// Originals an ordinary client needed that were refetched from the origin.
     pub original_refetches: IntCounter,
+    /// Sampled images generated (startup and regeneration).
+    pub samples_generated: IntCounter,
 }
 
 impl Default for Metrics {
@@ -120,6 +122,10 @@ impl Metrics {
             original_refetches: counter(
                 "original_refetches_total",
                 "Originals refetched from the origin for ordinary clients",
+            ),
+            samples_generated: counter(
+                "samples_generated_total",
+                "Images sampled from the prior and stored",
             ),
             registry,
         }

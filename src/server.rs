@@ -97,5 +97,14 @@ pub async fn build(cfg: crate::config::Config, codec: Arc<crate::Codec>) -> Resu
     } else {
         None
     };
-    Proxy::new(cfg, pool, metrics, demo)
+    let sampler = crate::sampler::Sampler::new(
+        cfg.samples.clone(),
+        cfg.cache.samples_bytes,
+        pool.clone(),
+        metrics.clone(),
+    );
+    let proxy = Proxy::new(cfg, pool, metrics, demo, sampler.clone())?;
+    // Generation runs in the background; the proxy is ready before it ends.
+    sampler.start();
+    Ok(proxy)
 }

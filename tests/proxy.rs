@@ -81,7 +81,7 @@ async fn hop_by_hop_removed_and_proxy_headers_added() {
 #[tokio::test]
 async fn not_an_open_proxy() {
     let origin = start_origin(|_, _| Reply::ok("origin", &[])).await;
-    let toml = "[[route]]\nhost = \"images.test\"\norigin = \"{origin}\"\n";
+    let toml = "samples = []\n[[route]]\nhost = \"images.test\"\norigin = \"{origin}\"\n";
     let proxy = start_proxy(toml, &origin.url()).await;
     let ok = get(&proxy.url("/x"), &[("host", "images.test")]).await;
     assert_eq!((ok.status, &ok.body[..]), (200, &b"origin"[..]));

@@ -136,6 +136,29 @@ impl Codec {
         Ok(wire::write(&header, &words))
     }
 
+    /// Codes a `[Z, gh, gw]` latent (e.g. one drawn from the prior) as a
+    /// `.vlat` file for a `width` x `height` picture.
+    pub fn encode_latent(
+        &self,
+        z: &Tensor,
+        quality: u8,
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<u8>> {
+        let level = self.check_level(quality)?;
+        let (_, gh, gw) = z.dims3()?;
+        let s = DOWNSCALE as u32;
+        if width.div_ceil(s) as usize != gw || height.div_ceil(s) as usize != gh {
+            return Err(Error::Incompatible(format!(
+                "a {gw}x{gh} latent grid does not fit {width}x{height} pixels"
+            )));
+        }
+        let symbols = self.quantize(z, level)?;
+        let words = self.entropy.encode(level, &symbols, gh, gw)?;
+        let header = Header::new(self.id, quality, width, height, self.vae.config.z as u16);
+        Ok(wire::write(&header, &words))
+    }
+
     /// Decodes a `.vlat` file made by this model.
     pub fn decode(&self, bytes: &[u8]) -> Result<RgbImage> {
         let (latent, w, h) = self.dequantize_bytes(bytes)?;

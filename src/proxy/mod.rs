@@ -28,6 +28,7 @@ use crate::config::{Config, Reconstructions};
 use crate::error::HttpError;
 use crate::latent::wire::{ModelId, MIME};
 use crate::metrics::Metrics;
+use crate::sampler::{Lookup, Sampler};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -69,6 +70,7 @@ struct Inner {
     metrics: Metrics,
     cfg: Config,
     heuristic: Heuristic,
+    sampler: Sampler,
 }
 
 /// What a request needs from its route, carried through the phases.
@@ -100,6 +102,7 @@ impl Proxy {
         pool: Pool,
         metrics: Metrics,
         demo: Option<SocketAddr>,
+        sampler: Sampler,
     ) -> Result<Proxy, String> {
         let upstreams = cfg
             .routes
@@ -126,6 +129,7 @@ impl Proxy {
                 metrics,
                 cfg,
                 heuristic,
+                sampler,
             }),
         })
     }
@@ -176,6 +180,10 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
+        if let Some(rest) = req.uri().path().strip_prefix("/_vaeproxy/samples/") {
+            let rest = rest.to_string();
+            return self.sample(&rest, &req).await;
+        }
         if req.uri().path().starts_with("/_vaeproxy/") {
             return Ok((self.ops(req.uri().path()).await, "internal"));
         }
@@ -762,6 +770,99 @@ impl Proxy {
         let idle = Duration::from_millis(inner.cfg.limits.body_idle_timeout_ms);
         let limited = Limited::new(body, inner.cfg.limits.max_response_body as usize);
         Watched::new(limited, idle, inner.metrics.origin_bytes.clone()).boxed()
+    }
+
+    /// `/_vaeproxy/samples/{pool}/{index|random}`: pre-generated samples,
+    /// negotiated like cached images (latent code or picture).
+    async fn sample(
+        &self,
+        rest: &str,
+        req: &Request<Incoming>,
+    ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Err(HttpError::MethodNotAllowed(
+                "samples are read-only: use GET or HEAD".into(),
+            ));
+        }
+        let (pool, which) = rest.split_once('/').ok_or_else(|| {
+            HttpError::NotFound(format!(
+                "no sample at {rest:?}: use /_vaeproxy/samples/POOL/INDEX"
+            ))
+        })?;
+        let sampler = &self.inner.sampler;
+        let count = match sampler.pools().iter().find(|p| p.name == pool) {
+            Some(p) => p.count,
+            None => {
+                return Err(HttpError::NotFound(format!(
+                    "no sample pool named {pool:?}"
+                )))
+            }
+        };
+        if which == "random" {
+            let i = rand::random_range(0..count);
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::FOUND;
+            r.headers_mut().insert(
+                header::LOCATION,
+                cache::value(&format!("/_vaeproxy/samples/{pool}/{i}")),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok((r, "sample"));
+        }
+        let index: u32 = which.parse().map_err(|_| {
+            HttpError::BadRequest(format!(
+                "sample index {which:?} is not a number (or \"random\")"
+            ))
+        })?;
+        let s = match sampler.get(pool, index).await {
+            Lookup::Ready(s) => s,
+            Lookup::NotReady => {
+                let mut r = error_response(&HttpError::Unavailable(format!(
+                    "sample {pool}/{index} is being generated"
+                )));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok((r, "sample_pending"));
+            }
+            Lookup::OutOfRange(n) => {
+                return Err(HttpError::NotFound(format!(
+                    "pool {pool:?} has samples 0..{n}, not {index}"
+                )))
+            }
+            Lookup::NoPool => {
+                return Err(HttpError::NotFound(format!(
+                    "no sample pool named {pool:?}"
+                )))
+            }
+        };
+        let latent = !freshness::directives(req.headers()).no_transform
+            && negotiate::accepts_latent(req.headers(), &self.inner.model);
+        let (body, ctype, etag) = if latent {
+            let tag = format!("\"{}.vlat\"", s.etag.trim_matches('"'));
+            (s.latent.clone(), MIME, tag)
+        } else {
+            (s.image.clone(), s.content_type, s.etag.clone())
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+        headers.insert(header::ETAG, cache::value(&etag));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=86400"),
+        );
+        headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+        let mut r = Response::new(empty());
+        if not_modified(req.headers(), &headers) {
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+        } else {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            if req.method() == Method::GET {
+                *r.body_mut() = full(body);
+            }
+        }
+        *r.headers_mut() = headers;
+        Ok((r, "sample"))
     }
 
     async fn ops(&self, path: &str) -> Response<ProxyBody> {
