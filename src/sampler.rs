@@ -7,7 +7,7 @@
 //! output for exactly that code. A latent-capable client that decodes the
 //! code gets the same pixels, and a restart regenerates the same bytes.
 
-use crate::codec::pool::{Pool, Saturated};
+use crate::codec::pool::Pool;
 use crate::codec::Codec;
 use crate::config::{SampleFormat, SamplePool};
 use crate::metrics::Metrics;
@@ -140,21 +140,17 @@ impl Sampler {
         loop {
             if self.pool.is_idle() {
                 let spec = self.pools[p].clone();
-                match self.pool.try_run(move |codec| generate(codec, &spec, i)) {
-                    Ok(rx) => {
-                        match rx.await {
-                            Ok(Ok(sample)) => {
-                                self.metrics.samples_generated.inc();
-                                self.store.insert((p, i), Arc::new(sample)).await;
-                            }
-                            Ok(Err(e)) => tracing::warn!("sample {}/{i}: {e}", self.pools[p].name),
-                            Err(_) => {
-                                tracing::warn!("sample {}/{i}: job failed", self.pools[p].name)
-                            }
+                // A full pool (live traffic won the race) means: wait and retry.
+                if let Ok(rx) = self.pool.try_run(move |codec| generate(codec, &spec, i)) {
+                    match rx.await {
+                        Ok(Ok(sample)) => {
+                            self.metrics.samples_generated.inc();
+                            self.store.insert((p, i), Arc::new(sample)).await;
                         }
-                        return;
+                        Ok(Err(e)) => tracing::warn!("sample {}/{i}: {e}", self.pools[p].name),
+                        Err(_) => tracing::warn!("sample {}/{i}: job failed", self.pools[p].name),
                     }
-                    Err(Saturated) => {}
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
