@@ -28,6 +28,21 @@ struct Cli {
 enum Cmd {
     /// Run the caching reverse proxy (the default when no command is given).
     Serve(ServeArgs),
+    /// Generate a sample pool from the config (as the proxy would) and write a contact sheet.
+    Sample {
+        /// Pool name from the config's [[samples]].
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// Configuration file [default: config/vaeproxy.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output PNG: the pool's images in a grid.
+        #[arg(long)]
+        grid: PathBuf,
+        /// Images per row.
+        #[arg(long, default_value_t = 8)]
+        columns: u32,
+    },
     /// Encode an image (JPEG/PNG/WebP/GIF still) into a .vlat latent file.
     Encode {
         input: PathBuf,
@@ -190,6 +205,44 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     match cmd {
         Cmd::Serve(args) => serve(args, cli.weights),
+        Cmd::Sample {
+            pool,
+            config,
+            grid,
+            columns,
+        } => {
+            let path = config.unwrap_or_else(|| PathBuf::from("config/vaeproxy.toml"));
+            let cfg = vaeproxy::config::Config::load(&path).map_err(|e| e.to_string())?;
+            let spec =
+                cfg.samples.iter().find(|p| p.name == pool).ok_or_else(|| {
+                    format!("{}: no [[samples]] pool named {pool:?}", path.display())
+                })?;
+            let codec = load_codec(cli.weights.as_deref())?;
+            let columns = columns.clamp(1, spec.count);
+            let rows = spec.count.div_ceil(columns);
+            let mut sheet = image::RgbImage::from_pixel(
+                columns * (spec.width + 4) + 4,
+                rows * (spec.height + 4) + 4,
+                image::Rgb([255, 255, 255]),
+            );
+            for i in 0..spec.count {
+                let s = vaeproxy::sampler::generate(&codec, spec, i)
+                    .map_err(|e| format!("sample {i}: {e}"))?;
+                let img = image::load_from_memory(&s.image)
+                    .map_err(|e| format!("sample {i}: {e}"))?
+                    .to_rgb8();
+                let (x, y) = (i % columns, i / columns);
+                image::imageops::replace(
+                    &mut sheet,
+                    &img,
+                    i64::from(4 + x * (spec.width + 4)),
+                    i64::from(4 + y * (spec.height + 4)),
+                );
+            }
+            sheet
+                .save(&grid)
+                .map_err(|e| format!("{}: {e}", grid.display()))
+        }
         Cmd::Encode {
             input,
             output,
