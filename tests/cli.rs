@@ -130,3 +130,34 @@ fn serve_refuses_bad_config() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--origin"));
 }
+
+/// `vaeproxy sample` writes a contact sheet of a configured pool.
+#[test]
+fn sample_writes_a_contact_sheet() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[route]]\norigin = \"http://127.0.0.1:9\"\n[[samples]]\nname = \"s\"\nwidth = 32\nheight = 32\ncount = 5\n",
+    )
+    .unwrap();
+    let grid = dir.path().join("g.png");
+    let st = bin()
+        .args(["sample", "--pool", "s", "--columns", "3", "--config"])
+        .arg(&cfg)
+        .arg("--grid")
+        .arg(&grid)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let img = image::open(&grid).unwrap();
+    assert_eq!((img.width(), img.height()), (3 * 36 + 4, 2 * 36 + 4));
+    let out = bin()
+        .args(["sample", "--pool", "nope", "--config"])
+        .arg(&cfg)
+        .arg("--grid")
+        .arg(&grid)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [[samples]] pool named \"nope\""));
+}
