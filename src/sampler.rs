@@ -175,22 +175,6 @@ impl Sampler {
             }
         }
     }
-
-    /// Number of a pool's samples in the store.
-    pub async fn ready(&self, name: &str) -> Option<u32> {
-        let p = self.pools.iter().position(|q| q.name == name)?;
-        let mut n = 0;
-        for i in 0..self.pools[p].count {
-            n += u32::from(self.store.contains_key(&(p, i)));
-        }
-        Some(n)
-    }
-
-    /// Drops every stored sample (for tests of regeneration, and operators).
-    pub async fn evict_all(&self) {
-        self.store.invalidate_all();
-        self.store.run_pending_tasks().await;
-    }
 }
 
 #[cfg(test)]

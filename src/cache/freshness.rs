@@ -290,11 +290,10 @@ impl Freshness {
     ) -> Freshness {
         let d = directives(headers);
         let date = date_header(headers, &header::DATE).unwrap_or(response_time);
+        let surrogate_max_age = surrogate(headers).1;
         let lifetime = match (d.s_maxage, d.max_age) {
             _ if age_header(headers).is_err() => Duration::ZERO,
-            _ if surrogate(headers).1.is_some() => {
-                Duration::from_secs(surrogate(headers).1.unwrap_or(0))
-            }
+            _ if surrogate_max_age.is_some() => Duration::from_secs(surrogate_max_age.unwrap_or(0)),
             (Some(s), _) => Duration::from_secs(s.unwrap_or(0)),
             (None, Some(m)) => Duration::from_secs(m.unwrap_or(0)),
             (None, None) => {
