@@ -291,8 +291,9 @@ impl Freshness {
         let d = directives(headers);
         let date = date_header(headers, &header::DATE).unwrap_or(response_time);
         let surrogate_max_age = surrogate(headers).1;
+        let age = age_header(headers);
         let lifetime = match (d.s_maxage, d.max_age) {
-            _ if age_header(headers).is_err() => Duration::ZERO,
+            _ if age.is_err() => Duration::ZERO,
             _ if surrogate_max_age.is_some() => Duration::from_secs(surrogate_max_age.unwrap_or(0)),
             (Some(s), _) => Duration::from_secs(s.unwrap_or(0)),
             (None, Some(m)) => Duration::from_secs(m.unwrap_or(0)),
@@ -321,7 +322,7 @@ impl Freshness {
         let response_delay = response_time
             .duration_since(request_time)
             .unwrap_or_default();
-        let age_value = Duration::from_secs(age_header(headers).ok().flatten().unwrap_or(0));
+        let age_value = Duration::from_secs(age.ok().flatten().unwrap_or(0));
         let initial_age = apparent_age.max(age_value + response_delay);
         Freshness {
             lifetime,

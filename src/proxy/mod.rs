@@ -171,8 +171,9 @@ impl Proxy {
             bytes,
             ms = start.elapsed().as_millis() as u64,
         );
-        let idle = Duration::from_millis(self.inner.cfg.limits.body_idle_timeout_ms);
-        resp.map(|b| Watched::new(b, idle, m.client_bytes.clone()).boxed())
+        // Bodies here are either in memory or an origin body that already has
+        // the idle timer: counting is all that is left to do.
+        resp.map(|b| Watched::counting(b, m.client_bytes.clone()).boxed())
     }
 
     async fn serve(

@@ -122,12 +122,15 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// A body that counts its bytes into a metric and fails if no frame arrives
-/// within `idle` (a stalled peer must not hold a connection forever).
+/// A body that counts its bytes into a metric and, with an idle timeout,
+/// fails if no frame arrives within it (a stalled peer must not hold a
+/// connection forever).
 pub struct Watched<B> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// `None` for counting only: bodies already in memory, or relays whose
+    /// origin side has its own timer.
+    timer: Option<Pin<Box<Sleep>>>,
     counter: IntCounter,
 }
 
@@ -136,7 +139,17 @@ impl<B> Watched<B> {
         Watched {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: Some(Box::pin(tokio::time::sleep(idle))),
+            counter,
+        }
+    }
+
+    /// Counts bytes without a timer.
+    pub fn counting(inner: B, counter: IntCounter) -> Self {
+        Watched {
+            inner,
+            idle: Duration::ZERO,
+            timer: None,
             counter,
         }
     }
@@ -160,18 +173,20 @@ where
                     self.counter.inc_by(d.len() as u64);
                 }
                 let deadline = Instant::now() + self.idle;
-                self.timer.as_mut().reset(deadline);
+                if let Some(t) = self.timer.as_mut() {
+                    t.as_mut().reset(deadline);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+            Poll::Pending => match self.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Some(Err(format!(
                     "body stalled for {} ms",
                     self.idle.as_millis()
                 )
                 .into()))),
-                Poll::Pending => Poll::Pending,
+                _ => Poll::Pending,
             },
         }
     }
