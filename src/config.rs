@@ -124,6 +124,8 @@ pub struct CacheConfig {
     pub max_object_bytes: u64,
     /// Bytes for sampled images, apart from ordinary traffic so it cannot evict them.
     pub samples_bytes: u64,
+    /// Bytes for variations and interpolations made on request.
+    pub derived_bytes: u64,
     /// How long a stale response with validators is kept for revalidation.
     pub keep_stale_secs: u64,
     /// Heuristic freshness as a fraction of (Date - Last-Modified), RFC 9111 4.2.2.
@@ -211,6 +213,7 @@ impl Default for CacheConfig {
             originals_bytes: 64 << 20,
             max_object_bytes: 16 << 20,
             samples_bytes: 64 << 20,
+            derived_bytes: 32 << 20,
             keep_stale_secs: 3600,
             heuristic_fraction: 0.1,
             heuristic_max_secs: 86400,

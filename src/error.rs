@@ -65,6 +65,9 @@ pub enum HttpError {
     /// The origin took too long (504), or only-if-cached missed.
     #[error("{0}")]
     GatewayTimeout(String),
+    /// The proxy itself failed (500), e.g. the model on a code it made.
+    #[error("{0}")]
+    Internal(String),
 }
 
 #[cfg(feature = "server")]
@@ -79,6 +82,7 @@ impl HttpError {
             HttpError::TooLarge(_) => S::PAYLOAD_TOO_LARGE,
             HttpError::BadGateway(_) => S::BAD_GATEWAY,
             HttpError::GatewayTimeout(_) => S::GATEWAY_TIMEOUT,
+            HttpError::Internal(_) => S::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -42,6 +42,13 @@ enum Cmd {
         /// Images per row.
         #[arg(long, default_value_t = 8)]
         columns: u32,
+        /// Add a row interpolating between these two photos (encoded at the
+        /// config's quality, as the proxy would cache them).
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        interpolate: Option<Vec<PathBuf>>,
+        /// Frames in the interpolation row, endpoints included.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=16))]
+        steps: u32,
     },
     /// Encode an image (JPEG/PNG/WebP/GIF still) into a .vlat latent file.
     Encode {
@@ -132,6 +139,76 @@ fn main() -> ExitCode {
     }
 }
 
+/// A pool's samples in a grid, `columns` wide, with an optional full-width
+/// row (an interpolation strip) below.
+fn contact_sheet(
+    codec: &Codec,
+    spec: &vaeproxy::config::SamplePool,
+    columns: u32,
+    row: Option<image::RgbImage>,
+) -> Result<image::RgbImage, String> {
+    const GAP: u32 = 4;
+    let columns = columns.clamp(1, spec.count);
+    let rows = spec.count.div_ceil(columns);
+    let width = columns * (spec.width + GAP) + GAP;
+    let row = row.map(|r| {
+        let w = width - 2 * GAP;
+        let h = (u64::from(r.height()) * u64::from(w) / u64::from(r.width().max(1))).max(1);
+        image::imageops::resize(&r, w, h as u32, image::imageops::FilterType::Lanczos3)
+    });
+    let grid_h = rows * (spec.height + GAP) + GAP;
+    let height = grid_h + row.as_ref().map_or(0, |r| r.height() + GAP);
+    let mut sheet = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    for i in 0..spec.count {
+        let s =
+            vaeproxy::sampler::generate(codec, spec, i).map_err(|e| format!("sample {i}: {e}"))?;
+        let img = image::load_from_memory(&s.image)
+            .map_err(|e| format!("sample {i}: {e}"))?
+            .to_rgb8();
+        let (x, y) = (i % columns, i / columns);
+        image::imageops::replace(
+            &mut sheet,
+            &img,
+            i64::from(GAP + x * (spec.width + GAP)),
+            i64::from(GAP + y * (spec.height + GAP)),
+        );
+    }
+    if let Some(r) = row {
+        image::imageops::replace(&mut sheet, &r, i64::from(GAP), i64::from(grid_h));
+    }
+    Ok(sheet)
+}
+
+/// The strip the proxy's `/_vaeproxy/interpolate` serves for photos `a`, `b`.
+fn interpolation_row(
+    codec: &Codec,
+    a: &Path,
+    b: &Path,
+    steps: u32,
+    quality: u8,
+) -> Result<image::RgbImage, String> {
+    let code = |p: &Path| {
+        let img = codec::read_image(&read_file(p)?, codec::DEFAULT_MAX_PIXELS)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        codec
+            .encode(&img, quality)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (a, b) = (code(a)?, code(b)?);
+    let strip = vaeproxy::sampler::interpolation(
+        codec,
+        &a,
+        &b,
+        steps,
+        None,
+        vaeproxy::sampler::Output::PNG,
+    )
+    .map_err(|e| format!("interpolating: {e}"))?;
+    Ok(image::load_from_memory(&strip.image)
+        .map_err(|e| format!("interpolating: {e}"))?
+        .to_rgb8())
+}
+
 fn load_codec(weights: Option<&Path>) -> Result<Codec, String> {
     match weights {
         Some(p) => Codec::load(p).map_err(|e| format!("{}: {e}", p.display())),
@@ -210,6 +287,8 @@ fn run(cli: Cli) -> Result<(), String> {
             config,
             grid,
             columns,
+            interpolate,
+            steps,
         } => {
             let path = config.unwrap_or_else(|| PathBuf::from("config/vaeproxy.toml"));
             let cfg = vaeproxy::config::Config::load(&path).map_err(|e| e.to_string())?;
@@ -218,27 +297,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     format!("{}: no [[samples]] pool named {pool:?}", path.display())
                 })?;
             let codec = load_codec(cli.weights.as_deref())?;
-            let columns = columns.clamp(1, spec.count);
-            let rows = spec.count.div_ceil(columns);
-            let mut sheet = image::RgbImage::from_pixel(
-                columns * (spec.width + 4) + 4,
-                rows * (spec.height + 4) + 4,
-                image::Rgb([255, 255, 255]),
-            );
-            for i in 0..spec.count {
-                let s = vaeproxy::sampler::generate(&codec, spec, i)
-                    .map_err(|e| format!("sample {i}: {e}"))?;
-                let img = image::load_from_memory(&s.image)
-                    .map_err(|e| format!("sample {i}: {e}"))?
-                    .to_rgb8();
-                let (x, y) = (i % columns, i / columns);
-                image::imageops::replace(
-                    &mut sheet,
-                    &img,
-                    i64::from(4 + x * (spec.width + 4)),
-                    i64::from(4 + y * (spec.height + 4)),
-                );
-            }
+            let row = match interpolate.as_deref() {
+                Some([a, b]) => Some(interpolation_row(&codec, a, b, steps, cfg.codec.quality)?),
+                _ => None,
+            };
+            let sheet = contact_sheet(&codec, spec, columns, row)?;
             sheet
                 .save(&grid)
                 .map_err(|e| format!("{}: {e}", grid.display()))

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub original_refetches: IntCounter,
     /// Sampled images generated (startup and regeneration).
     pub samples_generated: IntCounter,
+    /// Variations and interpolations generated on request, by kind.
+    pub derived_generated: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -98,6 +100,11 @@ impl Metrics {
         registry
             .register(Box::new(pool_queue_depth.clone()))
             .unwrap();
+        let derived_generated = counter_vec(
+            "derived_generated_total",
+            "Variations and interpolations generated (cache fills, not hits)",
+            "kind",
+        );
         Metrics {
             requests,
             lookups,
@@ -127,6 +134,7 @@ impl Metrics {
                 "samples_generated_total",
                 "Images sampled from the prior and stored",
             ),
+            derived_generated,
             registry,
         }
     }

@@ -100,6 +100,7 @@ pub async fn build(cfg: crate::config::Config, codec: Arc<crate::Codec>) -> Resu
     let sampler = crate::sampler::Sampler::new(
         cfg.samples.clone(),
         cfg.cache.samples_bytes,
+        cfg.cache.derived_bytes,
         pool.clone(),
         metrics.clone(),
     );

@@ -152,6 +152,41 @@ fn sample_writes_a_contact_sheet() {
     assert!(st.success());
     let img = image::open(&grid).unwrap();
     assert_eq!((img.width(), img.height()), (3 * 36 + 4, 2 * 36 + 4));
+    // With an interpolation row: 4 frames of the common 320x160, scaled to
+    // the sheet's inner width (104 px), below the grid.
+    let st = bin()
+        .args(["sample", "--pool", "s", "--columns", "3", "--steps", "4"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--grid")
+        .arg(&grid)
+        .args([
+            "--interpolate",
+            "tests/data/canyon.jpg",
+            "tests/data/twowings.png",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let img = image::open(&grid).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (3 * 36 + 4, 2 * 36 + 4 + 13 + 4)
+    );
+    let out = bin()
+        .args(["sample", "--pool", "s", "--config"])
+        .arg(&cfg)
+        .arg("--grid")
+        .arg(&grid)
+        .args([
+            "--interpolate",
+            "tests/data/canyon.jpg",
+            "tests/data/nope.png",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.png"));
     let out = bin()
         .args(["sample", "--pool", "nope", "--config"])
         .arg(&cfg)

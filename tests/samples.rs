@@ -3,6 +3,7 @@
 
 mod support;
 
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 use support::*;
 use vaeproxy::client::Decoder;
@@ -144,4 +145,237 @@ async fn evicted_samples_are_regenerated() {
     // Regenerated samples are the same bytes.
     let r = wait_ready(&proxy, "/_vaeproxy/samples/e/0", &[]).await;
     assert_eq!(r.body, bodies[0]);
+}
+
+/// An origin with two photos (320x160 JPEG, 384x240 PNG) and a text file.
+async fn photo_origin() -> Origin {
+    let (a, b) = (data("canyon.jpg"), data("twowings.png"));
+    start_origin(move |req, _| {
+        let (body, ctype) = match req.uri().path() {
+            "/a.jpg" => (a.clone(), "image/jpeg"),
+            "/b.png" => (b.clone(), "image/png"),
+            _ => (Bytes::from_static(b"just text"), "text/plain"),
+        };
+        Reply::ok(
+            body,
+            &[("content-type", ctype), ("cache-control", "max-age=600")],
+        )
+    })
+    .await
+}
+
+fn rgb(body: &[u8]) -> image::RgbImage {
+    image::load_from_memory(body).unwrap().to_rgb8()
+}
+
+fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let se: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    10.0 * (255.0f64.powi(2) / (se / a.as_raw().len() as f64)).log10()
+}
+
+#[tokio::test]
+async fn variations_and_interpolations_are_made_once_then_cached() {
+    let origin = photo_origin().await;
+    let proxy = start_proxy(&pool_toml("v", 1, ""), &origin.url()).await;
+    let decoder = Decoder::shipped().unwrap();
+    let accept = decoder.accept_header();
+    let vars = "/_vaeproxy/variations/v?of=%2Fa.jpg";
+    let r = get(&proxy.url(vars), &[]).await;
+    assert_eq!(r.status, 404, "not fetched yet");
+    assert!(String::from_utf8_lossy(&r.body).contains("not in the cache"));
+
+    // Cache both photos; keep the latent code of the first.
+    let a_code = get(&proxy.url("/a.jpg"), &[("accept", &accept)]).await;
+    assert_eq!(a_code.header("content-type"), Some(MIME));
+    let a_recon = decoder.decode(&a_code.body).unwrap();
+    let b_code = get(&proxy.url("/b.png"), &[("accept", &accept)]).await;
+    assert_eq!(b_code.header("content-type"), Some(MIME));
+    let b_recon = decoder.decode(&b_code.body).unwrap();
+    let origin_requests = origin.total();
+
+    // A strip of 3 variations, each near its source and different from the others.
+    let strip = get(&proxy.url(&format!("{vars}&n=3")), &[]).await;
+    assert_eq!(
+        strip.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&strip.body)
+    );
+    assert_eq!(strip.header("content-type"), Some("image/png"));
+    let strip_img = rgb(&strip.body);
+    assert_eq!(strip_img.dimensions(), (3 * 320, 160));
+    let frame = |img: &image::RgbImage, i: u32, w: u32, h: u32| {
+        image::imageops::crop_imm(img, i * w, 0, w, h).to_image()
+    };
+    let f0 = frame(&strip_img, 0, 320, 160);
+    let f1 = frame(&strip_img, 1, 320, 160);
+    assert_ne!(f0, f1);
+    for f in [&f0, &f1] {
+        let p = psnr(f, &a_recon);
+        assert!(
+            (15.0..60.0).contains(&p),
+            "a variation is near, not equal: {p}"
+        );
+    }
+    let m = metric(
+        &proxy,
+        "vaeproxy_derived_generated_total{kind=\"variation\"}",
+    )
+    .await;
+    assert_eq!(m, 1.0);
+
+    // Again: the same bytes from the cache, no model work; 304 on the ETag.
+    let again = get(&proxy.url(&format!("{vars}&n=3")), &[]).await;
+    assert_eq!(again.body, strip.body);
+    let etag = again.header("etag").unwrap().to_string();
+    let cond = get(
+        &proxy.url(&format!("{vars}&n=3")),
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(cond.status, 304);
+    assert_eq!(
+        metric(
+            &proxy,
+            "vaeproxy_derived_generated_total{kind=\"variation\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // One frame: the same pixels as in the strip, or its latent code for a decoder.
+    let one = get(&proxy.url(&format!("{vars}&index=1")), &[]).await;
+    assert_eq!(rgb(&one.body), f1);
+    assert!(one.header("vary").unwrap().contains("Accept"));
+    let lat = get(
+        &proxy.url(&format!("{vars}&index=1")),
+        &[("accept", &accept)],
+    )
+    .await;
+    assert_eq!(lat.header("content-type"), Some(MIME));
+    assert_eq!(decoder.decode(&lat.body).unwrap(), f1);
+    // The absolute form names the same cached image.
+    let host = proxy.url("").trim_end_matches('/').to_string();
+    let abs = get(
+        &proxy.url(&format!("/_vaeproxy/variations/v?index=1&of={host}/a.jpg")),
+        &[],
+    )
+    .await;
+    assert_eq!(abs.body, one.body);
+
+    // Interpolation between images of different sizes: the common 320x160.
+    let lerp = "/_vaeproxy/interpolate?a=/a.jpg&b=/b.png&steps=3";
+    let r = get(&proxy.url(lerp), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let img = rgb(&r.body);
+    assert_eq!(img.dimensions(), (3 * 320, 160));
+    let b_cut = image::imageops::crop_imm(&b_recon, 0, 0, 320, 160).to_image();
+    let (first, last) = (frame(&img, 0, 320, 160), frame(&img, 2, 320, 160));
+    assert!(psnr(&first, &a_recon) > 30.0, "frame 0 is a");
+    assert!(psnr(&last, &b_cut) > 30.0, "the last frame is b");
+    let mid = frame(&img, 1, 320, 160);
+    assert!(psnr(&mid, &a_recon) < psnr(&first, &a_recon));
+    let single = get(&proxy.url(&format!("{lerp}&index=1")), &[]).await;
+    assert_eq!(rgb(&single.body), mid);
+    get(&proxy.url(lerp), &[]).await;
+    assert_eq!(
+        metric(
+            &proxy,
+            "vaeproxy_derived_generated_total{kind=\"interpolation\"}"
+        )
+        .await,
+        2.0,
+        "strip + one frame; the repeat was a hit"
+    );
+    assert_eq!(origin.total(), origin_requests, "no origin traffic");
+}
+
+#[tokio::test]
+async fn bad_generation_parameters_get_reasons() {
+    let origin = photo_origin().await;
+    let proxy = start_proxy(&pool_toml("v", 1, ""), &origin.url()).await;
+    get(&proxy.url("/a.jpg"), &[]).await;
+    get(&proxy.url("/notes.txt"), &[]).await;
+    for (path, status, words) in [
+        (
+            "/_vaeproxy/variations/v",
+            400,
+            "missing query parameter \"of\"",
+        ),
+        (
+            "/_vaeproxy/variations/nope?of=/a.jpg",
+            404,
+            "no sample pool",
+        ),
+        (
+            "/_vaeproxy/variations/v?of=/notes.txt",
+            404,
+            "not as a latent image",
+        ),
+        (
+            "/_vaeproxy/variations/v?of=/missing.jpg",
+            404,
+            "not in the cache",
+        ),
+        (
+            "/_vaeproxy/variations/v?of=ftp://x/a.jpg",
+            400,
+            "neither a path",
+        ),
+        ("/_vaeproxy/variations/v?of=/a.jpg&n=0", 400, "n=\"0\""),
+        ("/_vaeproxy/variations/v?of=/a.jpg&n=17", 400, "1..=16"),
+        (
+            "/_vaeproxy/variations/v?of=/a.jpg&n=2&n=3",
+            400,
+            "more than once",
+        ),
+        (
+            "/_vaeproxy/variations/v?of=/a.jpg&index=x",
+            400,
+            "index=\"x\"",
+        ),
+        ("/_vaeproxy/interpolate?a=/a.jpg", 400, "\"b\""),
+        (
+            "/_vaeproxy/interpolate?a=/a.jpg&b=/a.jpg&steps=1",
+            400,
+            "2..=16",
+        ),
+        (
+            "/_vaeproxy/interpolate?a=/a.jpg&b=/a.jpg&steps=3&index=3",
+            400,
+            "not a frame",
+        ),
+        (
+            "/_vaeproxy/interpolate?a=/a.jpg&b=/missing.jpg",
+            404,
+            "b=/missing.jpg",
+        ),
+    ] {
+        let r = get(&proxy.url(path), &[]).await;
+        assert_eq!(r.status, status, "{path}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains(words),
+            "{path}: {:?}",
+            r.body
+        );
+    }
+    let r = send(
+        "POST",
+        &proxy.url("/_vaeproxy/interpolate?a=/a.jpg&b=/a.jpg"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        metrics(&proxy)
+            .await
+            .get("vaeproxy_derived_generated_total{kind=\"variation\"}"),
+        None
+    );
 }

@@ -219,14 +219,29 @@ impl Codec {
 
     /// The posterior mean `[Z, gh, gw]` of an image (padded to the grid), tiled when big.
     pub fn latent_mean(&self, img: &RgbImage) -> Result<Tensor> {
+        self.posterior(img, |mu, _| Ok(mu))
+    }
+
+    /// The posterior standard deviation `[Z, gh, gw]` of an image. Only the
+    /// sampler needs it; encoding sends the mean alone.
+    pub fn latent_sigma(&self, img: &RgbImage) -> Result<Tensor> {
+        self.posterior(img, |_, logvar| (logvar * 0.5)?.exp())
+    }
+
+    /// Runs the encoder over `img` tile by tile; `pick(mu, logvar)` chooses
+    /// what each tile contributes (both `[Z, th, tw]`).
+    fn posterior<F>(&self, img: &RgbImage, pick: F) -> Result<Tensor>
+    where
+        F: Fn(Tensor, Tensor) -> candle_core::Result<Tensor>,
+    {
         let x = image_to_tensor(img, DOWNSCALE); // [3, H, W], multiples of 16
         let (_, ph, pw) = x.dims3()?;
         let (gh, gw) = (ph / DOWNSCALE, pw / DOWNSCALE);
         tiled(gh, gw, self.vae.config.z, 1, |y0, x0, th, tw| {
             let s = DOWNSCALE;
             let t = x.narrow(1, y0 * s, th * s)?.narrow(2, x0 * s, tw * s)?;
-            let (mu, _) = self.vae.encode(&t.unsqueeze(0)?)?;
-            mu.squeeze(0)
+            let (mu, logvar) = self.vae.encode(&t.unsqueeze(0)?)?;
+            pick(mu.squeeze(0)?, logvar.squeeze(0)?)
         })
     }
 

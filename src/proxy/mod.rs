@@ -1,6 +1,7 @@
 //! The proxy service. One request goes through these phases, in order:
 //!
-//! 1. **ops**: `/_vaeproxy/...` is answered here (health, metrics);
+//! 1. **ops**: `/_vaeproxy/...` is answered here (health, metrics) or by
+//!    [`samples`] (sampled images, variations, interpolations);
 //! 2. **route**: Host and path pick an [`upstream::Upstream`]; no match is a
 //!    404, so absolute-form URIs or foreign Hosts never reach other servers;
 //! 3. **cache lookup** (GET/HEAD): fresh -> hit; stale -> revalidate, or
@@ -17,6 +18,7 @@
 //! through untouched, and unsafe methods invalidate what they touch.
 
 pub mod negotiate;
+mod samples;
 pub mod transform;
 pub mod upstream;
 
@@ -28,7 +30,7 @@ use crate::config::{Config, Reconstructions};
 use crate::error::HttpError;
 use crate::latent::wire::{ModelId, MIME};
 use crate::metrics::Metrics;
-use crate::sampler::{Lookup, Sampler};
+use crate::sampler::Sampler;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -181,9 +183,8 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
-        if let Some(rest) = req.uri().path().strip_prefix("/_vaeproxy/samples/") {
-            let rest = rest.to_string();
-            return self.sample(&rest, &req).await;
+        if let Some(r) = self.generated(&req).await {
+            return r;
         }
         if req.uri().path().starts_with("/_vaeproxy/") {
             return Ok((self.ops(req.uri().path()).await, "internal"));
@@ -771,99 +772,6 @@ impl Proxy {
         let idle = Duration::from_millis(inner.cfg.limits.body_idle_timeout_ms);
         let limited = Limited::new(body, inner.cfg.limits.max_response_body as usize);
         Watched::new(limited, idle, inner.metrics.origin_bytes.clone()).boxed()
-    }
-
-    /// `/_vaeproxy/samples/{pool}/{index|random}`: pre-generated samples,
-    /// negotiated like cached images (latent code or picture).
-    async fn sample(
-        &self,
-        rest: &str,
-        req: &Request<Incoming>,
-    ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
-        if !matches!(*req.method(), Method::GET | Method::HEAD) {
-            return Err(HttpError::MethodNotAllowed(
-                "samples are read-only: use GET or HEAD".into(),
-            ));
-        }
-        let (pool, which) = rest.split_once('/').ok_or_else(|| {
-            HttpError::NotFound(format!(
-                "no sample at {rest:?}: use /_vaeproxy/samples/POOL/INDEX"
-            ))
-        })?;
-        let sampler = &self.inner.sampler;
-        let count = match sampler.pools().iter().find(|p| p.name == pool) {
-            Some(p) => p.count,
-            None => {
-                return Err(HttpError::NotFound(format!(
-                    "no sample pool named {pool:?}"
-                )))
-            }
-        };
-        if which == "random" {
-            let i = rand::random_range(0..count);
-            let mut r = Response::new(empty());
-            *r.status_mut() = StatusCode::FOUND;
-            r.headers_mut().insert(
-                header::LOCATION,
-                cache::value(&format!("/_vaeproxy/samples/{pool}/{i}")),
-            );
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            return Ok((r, "sample"));
-        }
-        let index: u32 = which.parse().map_err(|_| {
-            HttpError::BadRequest(format!(
-                "sample index {which:?} is not a number (or \"random\")"
-            ))
-        })?;
-        let s = match sampler.get(pool, index).await {
-            Lookup::Ready(s) => s,
-            Lookup::NotReady => {
-                let mut r = error_response(&HttpError::Unavailable(format!(
-                    "sample {pool}/{index} is being generated"
-                )));
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Ok((r, "sample_pending"));
-            }
-            Lookup::OutOfRange(n) => {
-                return Err(HttpError::NotFound(format!(
-                    "pool {pool:?} has samples 0..{n}, not {index}"
-                )))
-            }
-            Lookup::NoPool => {
-                return Err(HttpError::NotFound(format!(
-                    "no sample pool named {pool:?}"
-                )))
-            }
-        };
-        let latent = !freshness::directives(req.headers()).no_transform
-            && negotiate::accepts_latent(req.headers(), &self.inner.model);
-        let (body, ctype, etag) = if latent {
-            let tag = format!("\"{}.vlat\"", s.etag.trim_matches('"'));
-            (s.latent.clone(), MIME, tag)
-        } else {
-            (s.image.clone(), s.content_type, s.etag.clone())
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-        headers.insert(header::ETAG, cache::value(&etag));
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=86400"),
-        );
-        headers.insert(header::VARY, HeaderValue::from_static("Accept"));
-        let mut r = Response::new(empty());
-        if not_modified(req.headers(), &headers) {
-            *r.status_mut() = StatusCode::NOT_MODIFIED;
-        } else {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-            if req.method() == Method::GET {
-                *r.body_mut() = full(body);
-            }
-        }
-        *r.headers_mut() = headers;
-        Ok((r, "sample"))
     }
 
     async fn ops(&self, path: &str) -> Response<ProxyBody> {
