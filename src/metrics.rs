@@ -31,7 +31,8 @@ pub struct Metrics {
     pub decodes: IntCounter,
     /// Why an image was kept as its original bytes.
     pub guards: IntCounterVec,
-    /// Seconds per encode job (encode + the PSNR check's decode).
+    /// Seconds per encode job on a pool thread (encode + the PSNR check's
+    /// decode; queue wait excluded).
     pub encode_seconds: Histogram,
     /// Jobs waiting for a pool thread.
     pub pool_queue_depth: IntGauge,
@@ -85,11 +86,14 @@ impl Metrics {
             "reason",
         );
         let encode_seconds = Histogram::with_opts(
-            HistogramOpts::new("encode_seconds", "Encode job duration")
-                .namespace("vaeproxy")
-                .buckets(vec![
-                    0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6,
-                ]),
+            HistogramOpts::new(
+                "encode_seconds",
+                "Encode job duration on a pool thread, queue wait excluded",
+            )
+            .namespace("vaeproxy")
+            .buckets(vec![
+                0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6,
+            ]),
         )
         .unwrap();
         registry.register(Box::new(encode_seconds.clone())).unwrap();

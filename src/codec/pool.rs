@@ -8,6 +8,7 @@
 
 use super::Codec;
 use prometheus::IntGauge;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -25,14 +26,20 @@ pub struct Pool {
     tx: SyncSender<Job>,
     codec: Arc<Codec>,
     queued: IntGauge,
+    /// Jobs accepted and not finished (running or waiting), at most `capacity`.
+    in_pool: Arc<AtomicUsize>,
+    capacity: usize,
 }
 
 impl Pool {
     /// Starts `threads` workers sharing `codec`, with room for `queue` waiting jobs.
     pub fn new(codec: Arc<Codec>, threads: usize, queue: usize, queued: IntGauge) -> Pool {
-        let (tx, rx) = sync_channel::<Job>(queue);
+        let threads = threads.max(1);
+        let capacity = threads + queue;
+        // The channel never fills: `in_pool` admits at most `capacity` jobs.
+        let (tx, rx) = sync_channel::<Job>(capacity);
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
+        for i in 0..threads {
             let rx = Arc::clone(&rx);
             let codec = Arc::clone(&codec);
             let queued = queued.clone();
@@ -41,7 +48,13 @@ impl Pool {
                 .spawn(move || worker(&rx, &codec, &queued))
                 .expect("spawning a model thread");
         }
-        Pool { tx, codec, queued }
+        Pool {
+            tx,
+            codec,
+            queued,
+            in_pool: Arc::default(),
+            capacity,
+        }
     }
 
     /// The codec the workers use (for its id and level count; never call its
@@ -57,10 +70,20 @@ impl Pool {
         T: Send + 'static,
         F: FnOnce(&Codec) -> T + Send + 'static,
     {
+        if self.in_pool.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.in_pool.fetch_sub(1, Ordering::AcqRel);
+            return Err(Saturated);
+        }
+        // Released when the job is done, panics or is dropped unrun.
+        let slot = Slot(Arc::clone(&self.in_pool));
         let (done, rx) = oneshot::channel();
         let job: Job = Box::new(move |codec| {
+            let out = f(codec);
+            // Freed before the result is sent, so a caller that submits again
+            // the moment it hears back always finds its place.
+            drop(slot);
             // The caller may have gone away (client disconnected); nothing to do then.
-            let _ = done.send(f(codec));
+            let _ = done.send(out);
         });
         self.queued.inc();
         match self.tx.try_send(job) {
@@ -76,6 +99,15 @@ impl Pool {
     /// that should yield to live traffic).
     pub fn is_idle(&self) -> bool {
         self.queued.get() == 0
+    }
+}
+
+/// One admitted job's place in the pool.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -128,8 +160,11 @@ mod tests {
     async fn a_panicking_job_does_not_kill_the_pool() {
         let codec = Arc::new(Codec::shipped().unwrap());
         let pool = Pool::new(codec, 1, 4, IntGauge::new("q", "q").unwrap());
-        let rx = pool.try_run(|_| -> u8 { panic!("boom") }).unwrap();
-        assert!(rx.await.is_err());
+        for _ in 0..8 {
+            let rx = pool.try_run(|_| -> u8 { panic!("boom") }).unwrap();
+            assert!(rx.await.is_err());
+        }
+        // Panicked jobs gave their places back.
         assert_eq!(pool.try_run(|_| 7).unwrap().await.unwrap(), 7);
     }
 }

@@ -450,27 +450,29 @@ impl Proxy {
         }
         let job_bytes = bytes.clone();
         let cfg = inner.cfg.codec.clone();
-        let started = Instant::now();
-        let rx = match inner
-            .pool
-            .try_run(move |codec| transform::transform(codec, &job_bytes, &cfg))
-        {
+        // Timed on the pool thread: the histogram is the model's cost, and the
+        // queue wait shows in request latency instead.
+        let rx = match inner.pool.try_run(move |codec| {
+            let started = Instant::now();
+            let t = transform::transform(codec, &job_bytes, &cfg);
+            (t, started.elapsed())
+        }) {
             Ok(rx) => rx,
             Err(_) => return keep(Guard::PoolFull, bytes),
         };
         match rx.await {
-            Ok(Transformed::Latent { code, psnr }) => {
+            Ok((Transformed::Latent { code, psnr }, took)) => {
                 m.encodes.inc();
                 m.decodes.inc();
-                m.encode_seconds.observe(started.elapsed().as_secs_f64());
+                m.encode_seconds.observe(took.as_secs_f64());
                 tracing::debug!(psnr, latent = code.len(), original = bytes.len(), "encoded");
                 let original_len = bytes.len() as u64;
                 (Stored::Latent { code, original_len }, Some(bytes))
             }
-            Ok(Transformed::Kept(g)) => {
+            Ok((Transformed::Kept(g), took)) => {
                 if matches!(g, Guard::NotSmaller | Guard::LowPsnr) {
                     m.encodes.inc();
-                    m.encode_seconds.observe(started.elapsed().as_secs_f64());
+                    m.encode_seconds.observe(took.as_secs_f64());
                 }
                 keep(g, bytes)
             }
