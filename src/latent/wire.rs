@@ -45,7 +45,14 @@ pub struct ModelId(pub [u8; 16]);
 impl ModelId {
     /// Lower-case hex, as used in `Accept: ...; model=<hex>`.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        // On every latent response's path: no formatting machinery.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(32);
+        for b in self.0 {
+            s.push(DIGITS[usize::from(b >> 4)] as char);
+            s.push(DIGITS[usize::from(b & 15)] as char);
+        }
+        s
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {

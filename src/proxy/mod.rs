@@ -151,28 +151,30 @@ impl Proxy {
     /// Serves one request; never fails (errors become responses with a reason).
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let start = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // The access log's fields cost allocations: only when it is on.
+        let log = tracing::enabled!(tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
         let (resp, outcome) = match self.serve(req, peer).await {
             Ok(r) => r,
             Err(e) => (error_response(&e), "error"),
         };
         let m = &self.inner.metrics;
         m.requests.with_label_values(&[outcome]).inc();
-        let bytes = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
-        tracing::info!(
-            %method,
-            path,
-            status = resp.status().as_u16(),
-            cache = outcome,
-            bytes,
-            ms = start.elapsed().as_millis() as u64,
-        );
+        if let Some((method, path)) = log {
+            let bytes = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info!(
+                %method,
+                path,
+                status = resp.status().as_u16(),
+                cache = outcome,
+                bytes,
+                ms = start.elapsed().as_millis() as u64,
+            );
+        }
         // Bodies here are either in memory or an origin body that already has
         // the idle timer: counting is all that is left to do.
         resp.map(|b| Watched::counting(b, m.client_bytes.clone()).boxed())

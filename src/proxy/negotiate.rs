@@ -16,7 +16,6 @@ pub enum Choice {
 /// Whether `Accept` names the latent type with this model's id and q > 0.
 /// A wildcard does not count: only decoders that ask get latents.
 pub fn accepts_latent(req: &HeaderMap, model: &ModelId) -> bool {
-    let want = model.to_hex();
     req.get_all(header::ACCEPT).iter().any(|line| {
         let Ok(line) = line.to_str() else {
             return false;
@@ -33,11 +32,11 @@ pub fn accepts_latent(req: &HeaderMap, model: &ModelId) -> bool {
                 let Some((k, v)) = p.split_once('=') else {
                     continue;
                 };
-                let v = v.trim().trim_matches('"');
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "model" => model_ok = v.eq_ignore_ascii_case(&want),
-                    "q" => q_ok = v.parse::<f32>().is_ok_and(|q| q > 0.0),
-                    _ => {}
+                let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+                if k.eq_ignore_ascii_case("model") {
+                    model_ok = ModelId::from_hex(v) == Some(*model);
+                } else if k.eq_ignore_ascii_case("q") {
+                    q_ok = v.parse::<f32>().is_ok_and(|q| q > 0.0);
                 }
             }
             model_ok && q_ok
