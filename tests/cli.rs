@@ -142,57 +142,43 @@ fn sample_writes_a_contact_sheet() {
     )
     .unwrap();
     let grid = dir.path().join("g.png");
-    let st = bin()
-        .args(["sample", "--pool", "s", "--columns", "3", "--config"])
-        .arg(&cfg)
-        .arg("--grid")
-        .arg(&grid)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let sample = |args: &[&str]| {
+        bin()
+            .arg("sample")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--grid")
+            .arg(&grid)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(sample(&["--pool", "s", "--columns", "3"]).status.success());
     let img = image::open(&grid).unwrap();
     assert_eq!((img.width(), img.height()), (3 * 36 + 4, 2 * 36 + 4));
     // With an interpolation row: 4 frames of the common 320x160, scaled to
     // the sheet's inner width (104 px), below the grid.
-    let st = bin()
-        .args(["sample", "--pool", "s", "--columns", "3", "--steps", "4"])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--grid")
-        .arg(&grid)
-        .args([
-            "--interpolate",
-            "tests/data/canyon.jpg",
-            "tests/data/twowings.png",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let (a, b) = ("tests/data/canyon.jpg", "tests/data/twowings.png");
+    let out = sample(&[
+        "--pool",
+        "s",
+        "--columns",
+        "3",
+        "--steps",
+        "4",
+        "--interpolate",
+        a,
+        b,
+    ]);
+    assert!(out.status.success());
     let img = image::open(&grid).unwrap();
     assert_eq!(
         (img.width(), img.height()),
         (3 * 36 + 4, 2 * 36 + 4 + 13 + 4)
     );
-    let out = bin()
-        .args(["sample", "--pool", "s", "--config"])
-        .arg(&cfg)
-        .arg("--grid")
-        .arg(&grid)
-        .args([
-            "--interpolate",
-            "tests/data/canyon.jpg",
-            "tests/data/nope.png",
-        ])
-        .output()
-        .unwrap();
+    let out = sample(&["--pool", "s", "--interpolate", a, "tests/data/nope.png"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.png"));
-    let out = bin()
-        .args(["sample", "--pool", "nope", "--config"])
-        .arg(&cfg)
-        .arg("--grid")
-        .arg(&grid)
-        .output()
-        .unwrap();
+    let out = sample(&["--pool", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [[samples]] pool named \"nope\""));
 }

@@ -94,20 +94,9 @@ async fn same_seed_same_bytes_across_restarts_and_latents_decode() {
     );
 }
 
-#[tokio::test]
-async fn bad_requests_get_reasons() {
-    let origin = start_origin(|_, _| Reply::ok("x", &[])).await;
-    let proxy = start_proxy(&pool_toml("p", 2, ""), &origin.url()).await;
-    for (path, status, words) in [
-        (
-            "/_vaeproxy/samples/nope/0",
-            404,
-            "no sample pool named \"nope\"",
-        ),
-        ("/_vaeproxy/samples/p/2", 404, "samples 0..2"),
-        ("/_vaeproxy/samples/p/-1", 400, "not a number"),
-        ("/_vaeproxy/samples/p", 404, "no sample at"),
-    ] {
+/// Each (path, status, words): GET path answers status with words in the body.
+async fn expect_reasons(proxy: &Proxy, cases: &[(&str, u16, &str)]) {
+    for &(path, status, words) in cases {
         let r = get(&proxy.url(path), &[]).await;
         assert_eq!(r.status, status, "{path}");
         assert!(
@@ -116,6 +105,23 @@ async fn bad_requests_get_reasons() {
             r.body
         );
     }
+}
+
+#[tokio::test]
+async fn bad_requests_get_reasons() {
+    let origin = start_origin(|_, _| Reply::ok("x", &[])).await;
+    let proxy = start_proxy(&pool_toml("p", 2, ""), &origin.url()).await;
+    let cases = [
+        (
+            "/_vaeproxy/samples/nope/0",
+            404,
+            "no sample pool named \"nope\"",
+        ),
+        ("/_vaeproxy/samples/p/2", 404, "samples 0..2"),
+        ("/_vaeproxy/samples/p/-1", 400, "not a number"),
+        ("/_vaeproxy/samples/p", 404, "no sample at"),
+    ];
+    expect_reasons(&proxy, &cases).await;
     let r = send("POST", &proxy.url("/_vaeproxy/samples/p/0"), &[]).await;
     assert_eq!(r.status, 405);
     let r = get(&proxy.url("/_vaeproxy/samples/p/random"), &[]).await;
@@ -302,7 +308,7 @@ async fn bad_generation_parameters_get_reasons() {
     let proxy = start_proxy(&pool_toml("v", 1, ""), &origin.url()).await;
     get(&proxy.url("/a.jpg"), &[]).await;
     get(&proxy.url("/notes.txt"), &[]).await;
-    for (path, status, words) in [
+    let cases = [
         (
             "/_vaeproxy/variations/v",
             400,
@@ -356,15 +362,8 @@ async fn bad_generation_parameters_get_reasons() {
             404,
             "b=/missing.jpg",
         ),
-    ] {
-        let r = get(&proxy.url(path), &[]).await;
-        assert_eq!(r.status, status, "{path}");
-        assert!(
-            String::from_utf8_lossy(&r.body).contains(words),
-            "{path}: {:?}",
-            r.body
-        );
-    }
+    ];
+    expect_reasons(&proxy, &cases).await;
     let r = send(
         "POST",
         &proxy.url("/_vaeproxy/interpolate?a=/a.jpg&b=/a.jpg"),

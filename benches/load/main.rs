@@ -299,8 +299,6 @@ fn encode_scenario(
     name: &str,
     factor: usize,
 ) -> Row {
-    let mut proxy = Server::vaeproxy(bin, origin, toml);
-    proxy.wait_listening();
     let accept = accept.clone();
     let pick: Picker = Arc::new(move |n, _| Pick {
         path: format!("/cold/{n}.jpg"),
@@ -308,14 +306,8 @@ fn encode_scenario(
     });
     let concurrency = factor * (POOL_THREADS + POOL_QUEUE);
     let load = (concurrency, args.cold_images as u64);
-    let m = measure(
-        rt,
-        &proxy,
-        load,
-        Duration::from_secs_f64(args.seconds * 3.0),
-        pick,
-    );
-    let metrics = rt.block_on(metrics(proxy.addr));
+    let secs = args.seconds * 3.0;
+    let (m, metrics) = on_fresh_proxy(rt, (bin, origin, toml), load, secs, pick);
     let encodes = metrics
         .get("vaeproxy_encodes_total")
         .copied()
@@ -349,8 +341,6 @@ fn zipf_scenario(
     let toml = format!(
         "samples = []\n[cache]\ncapacity_bytes = 1048576\noriginals_bytes = 1048576\n{codec_toml}"
     );
-    let mut proxy = Server::vaeproxy(bin, origin, &toml);
-    proxy.wait_listening();
     let n = args.zipf_objects;
     let zipf = Zipf::new(n as f64, args.zipf_s).expect("zipf parameters");
     let accept = accept.clone();
@@ -373,14 +363,8 @@ fn zipf_scenario(
         }
     });
     let load = (args.concurrency, args.max_requests);
-    let m = measure(
-        rt,
-        &proxy,
-        load,
-        Duration::from_secs_f64(args.seconds * 2.0),
-        pick,
-    );
-    let mx = rt.block_on(metrics(proxy.addr));
+    let secs = args.seconds * 2.0;
+    let (m, mx) = on_fresh_proxy(rt, (bin, origin, &toml), load, secs, pick);
     let get = |k: &str| mx.get(k).copied().unwrap_or(0.0);
     let hits = get("vaeproxy_cache_lookups_total{result=\"hit\"}");
     let looked = hits
@@ -397,6 +381,22 @@ fn zipf_scenario(
         get("vaeproxy_encodes_total"),
     );
     row("zipf", "vaeproxy", vec![m], note)
+}
+
+/// One measured run on a proxy started for it (a cold cache), and the
+/// proxy's metrics afterwards.
+fn on_fresh_proxy(
+    rt: &tokio::runtime::Runtime,
+    (bin, origin, toml): (&Path, SocketAddr, &str),
+    load: (usize, u64),
+    secs: f64,
+    pick: Picker,
+) -> ((Run, f64, f64), HashMap<String, f64>) {
+    let mut proxy = Server::vaeproxy(bin, origin, toml);
+    proxy.wait_listening();
+    let m = measure(rt, &proxy, load, Duration::from_secs_f64(secs), pick);
+    let metrics = rt.block_on(metrics(proxy.addr));
+    (m, metrics)
 }
 
 /// The proxy's Prometheus metrics, as name{labels} -> value.
