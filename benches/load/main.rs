@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Seconds per scenario (per server and round with --nginx).
-    #[arg(long, default_value_t = 6.0)]
+    #[arg(long, default_value_t = 4.0)]
     seconds: f64,
     /// Most requests per scenario run.
     #[arg(long, default_value_t = 500_000)]
@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     images: usize,
     /// Distinct images for the encode (miss) scenario.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 300)]
     cold_images: usize,
     /// Objects in the Zipf working set (a quarter of them images).
     #[arg(long, default_value_t = 800)]
@@ -306,7 +306,7 @@ fn encode_scenario(
     });
     let concurrency = factor * (POOL_THREADS + POOL_QUEUE);
     let load = (concurrency, args.cold_images as u64);
-    let secs = args.seconds * 3.0;
+    let secs = args.seconds * 1.5;
     let (m, metrics) = on_fresh_proxy(rt, (bin, origin, toml), load, secs, pick);
     let encodes = metrics
         .get("vaeproxy_encodes_total")
@@ -363,7 +363,7 @@ fn zipf_scenario(
         }
     });
     let load = (args.concurrency, args.max_requests);
-    let secs = args.seconds * 2.0;
+    let secs = args.seconds * 1.5;
     let (m, mx) = on_fresh_proxy(rt, (bin, origin, &toml), load, secs, pick);
     let get = |k: &str| mx.get(k).copied().unwrap_or(0.0);
     let hits = get("vaeproxy_cache_lookups_total{result=\"hit\"}");
