@@ -37,7 +37,7 @@ struct Args {
     /// Images in the hit working set (384x256 JPEG crops).
     #[arg(long, default_value_t = 16)]
     images: usize,
-    /// Distinct images for the encode (miss) scenario.
+    /// Distinct photos behind the encode and overload scenarios' URLs.
     #[arg(long, default_value_t = 300)]
     cold_images: usize,
     /// Objects in the Zipf working set (a quarter of them images).
@@ -158,7 +158,11 @@ fn main() {
 
     for (name, factor) in [("encode", 1), ("overload", 4)] {
         if scenarios.iter().any(|s| s == name) {
-            let toml = format!("samples = []\n{codec_toml}");
+            // A small cache: a stream of distinct misses must not grow memory.
+            let toml = format!(
+                "samples = []\n[cache]\ncapacity_bytes = 16777216\noriginals_bytes = 16777216\n\
+                 {codec_toml}"
+            );
             let proxy = (bin.as_path(), origin, toml.as_str());
             rows.push(encode_scenario(&rt, proxy, &args, &accept, name, factor));
         }
@@ -300,12 +304,15 @@ fn encode_scenario(
     factor: usize,
 ) -> Row {
     let accept = accept.clone();
+    let cold = args.cold_images as u64;
+    // Every request a new URL (the query makes it one; the origin serves by
+    // path), so the run is all misses for as long as it lasts.
     let pick: Picker = Arc::new(move |n, _| Pick {
-        path: format!("/cold/{n}.jpg"),
+        path: format!("/cold/{}.jpg?miss={n}", n % cold),
         accept: Some(accept.clone()),
     });
     let concurrency = factor * (POOL_THREADS + POOL_QUEUE);
-    let load = (concurrency, args.cold_images as u64);
+    let load = (concurrency, args.max_requests);
     let secs = args.seconds * 1.5;
     let (m, metrics) = on_fresh_proxy(rt, (bin, origin, toml), load, secs, pick);
     let encodes = metrics
@@ -321,8 +328,9 @@ fn encode_scenario(
         .copied()
         .unwrap_or(0.0);
     let note = format!(
-        "{concurrency} clients, pool {POOL_THREADS}+{POOL_QUEUE}: {encodes:.0} encoded \
-         ({:.1} encodes/s, {:.0} ms each), {full:.0} passed through (pool full)",
+        "{concurrency} clients, every request a new URL, cache 16 + 16 MiB, pool \
+         {POOL_THREADS}+{POOL_QUEUE}: {encodes:.0} encoded ({:.1} encodes/s, {:.0} ms each), \
+         {full:.0} passed through (pool full)",
         encodes / m.0.elapsed.as_secs_f64(),
         1000.0 * enc_s / encodes.max(1.0)
     );
