@@ -16,11 +16,12 @@
 //! - [`proxy`]: the request phases (route, cache, upstream, transform,
 //!   negotiate, log); `proxy::upstream` (origins, client, bodies),
 //!   `proxy::negotiate` (latent or original), `proxy::transform` (image
-//!   -> latent with guards).
+//!   -> latent with guards), `proxy::samples` (the generative routes).
 //! - [`cache`]: the moka-backed HTTP cache; `cache::freshness` (RFC 9111
 //!   rules), `cache::key` (primary key and Vary).
 //! - `codec::pool`: the bounded model pool, the only path from async code to candle.
-//! - [`sampler`]: pools of images sampled from the prior, pre-generated.
+//! - [`sampler`]: the VAE as a generator: prior sample pools (pre-generated),
+//!   posterior variations and interpolations (made on request), their caches.
 //! - [`metrics`]: Prometheus counters; [`demo`]: the built-in demo origin.
 //!
 //! CPU-heavy work (encode, decode, sampling) is synchronous: async code must
