@@ -1,7 +1,7 @@
 //! The proxy service. One request goes through these phases, in order:
 //!
 //! 1. **ops**: `/_vaeproxy/...` is answered here (health, metrics) or by
-//!    [`samples`] (sampled images, variations, interpolations);
+//!    `samples` (sampled images, variations, interpolations);
 //! 2. **route**: Host and path pick an [`upstream::Upstream`]; no match is a
 //!    404, so absolute-form URIs or foreign Hosts never reach other servers;
 //! 3. **cache lookup** (GET/HEAD): fresh -> hit; stale -> revalidate, or
