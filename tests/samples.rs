@@ -378,3 +378,43 @@ async fn bad_generation_parameters_get_reasons() {
         None
     );
 }
+
+#[tokio::test]
+async fn concurrent_requests_for_one_variation_make_it_once() {
+    let origin = photo_origin().await;
+    let proxy = start_proxy(&pool_toml("v", 1, ""), &origin.url()).await;
+    get(&proxy.url("/a.jpg"), &[]).await;
+    let url = proxy.url("/_vaeproxy/variations/v?of=/a.jpg&n=2");
+    let all = futures_join(16, || {
+        let url = url.clone();
+        async move { get(&url, &[]).await }
+    })
+    .await;
+    for r in &all {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, all[0].body);
+    }
+    assert_eq!(
+        metric(
+            &proxy,
+            "vaeproxy_derived_generated_total{kind=\"variation\"}"
+        )
+        .await,
+        1.0,
+        "16 clients, one model job"
+    );
+}
+
+/// Runs `n` copies of `f()` at once and collects their results.
+async fn futures_join<F, Fut>(n: usize, f: F) -> Vec<Got>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Got> + Send + 'static,
+{
+    let handles: Vec<_> = (0..n).map(|_| tokio::spawn(f())).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
