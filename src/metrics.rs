@@ -44,7 +44,8 @@ pub struct Metrics {
     pub original_refetches: IntCounter,
     /// Sampled images generated (startup and regeneration).
     pub samples_generated: IntCounter,
-    /// Variations and interpolations generated on request, by kind.
+    /// Variations, interpolations and the posteriors behind variations,
+    /// generated on request, by kind.
     pub derived_generated: IntCounterVec,
 }
 
@@ -106,7 +107,7 @@ impl Metrics {
             .unwrap();
         let derived_generated = counter_vec(
             "derived_generated_total",
-            "Variations and interpolations generated (cache fills, not hits)",
+            "Variations, interpolations and posteriors generated (cache fills, not hits)",
             "kind",
         );
         Metrics {

@@ -106,6 +106,21 @@ pub enum DerivedError {
     Failed(String),
 }
 
+/// Runs `job` on the model pool: `Busy` at once when it is full (the caller
+/// answers 503), never a queue. Lazy: nothing is submitted until polled, so
+/// a cache fill that another caller wins costs nothing.
+async fn on_pool<T, F>(pool: Pool, job: F) -> Result<T, DerivedError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Codec) -> crate::Result<T> + Send + 'static,
+{
+    pool.try_run(job)
+        .map_err(|_| DerivedError::Busy)?
+        .await
+        .map_err(|_| DerivedError::Failed("the model job died".into()))?
+        .map_err(|e| DerivedError::Failed(e.to_string()))
+}
+
 /// One RNG per (seed, salt, index), so the order of generation does not
 /// matter and a restart draws the same numbers.
 fn rng(seed: u64, salt: u64, index: u32) -> StdRng {
@@ -174,8 +189,9 @@ impl Posterior {
         })
     }
 
-    pub fn pixels(&self) -> u64 {
-        u64::from(self.width) * u64::from(self.height)
+    /// Bytes held (mean and sigma, f32).
+    fn weight(&self) -> u32 {
+        (self.mu.elem_count() * 8).min(u32::MAX as usize) as u32
     }
 
     /// Variation `index`: z = mu + t * sigma * eps, eps ~ N(0, I).
@@ -203,12 +219,11 @@ pub fn code_hash(code: &[u8]) -> u64 {
 /// frames `0..n` side by side when `index` is `None`.
 pub fn variations(
     codec: &Codec,
-    code: &[u8],
+    post: &Posterior,
     pool: &SamplePool,
     n: u32,
     index: Option<u32>,
 ) -> crate::Result<Sample> {
-    let post = Posterior::of_code(codec, code)?;
     let draw = |i| post.draw(codec, pool.seed, pool.temperature, i);
     frames(draw, n, index, Output::of(pool))
 }
@@ -298,6 +313,9 @@ pub struct Sampler {
     /// Variations and interpolations, by request; a budget of its own so
     /// on-request work cannot evict the pools.
     derived: moka::future::Cache<String, Arc<Sample>>,
+    /// Posteriors of cached codes (by `code_hash`), shared by every variation
+    /// of one source: each costs a decode and an encoder pass to make.
+    posteriors: moka::future::Cache<u64, Arc<Posterior>>,
     pool: Pool,
     metrics: Metrics,
 }
@@ -329,9 +347,40 @@ impl Sampler {
             pools: Arc::new(pools),
             store: store(budget),
             derived: store(derived_budget),
+            posteriors: moka::future::Cache::builder()
+                .max_capacity(derived_budget / 4)
+                .weigher(|_k, p: &Arc<Posterior>| p.weight())
+                .build(),
             pool,
             metrics,
         }
+    }
+
+    /// The result cached under `key`, if any (no work either way).
+    pub async fn derived(&self, key: &str) -> Option<Arc<Sample>> {
+        self.derived.get(key).await
+    }
+
+    /// The posterior of a cached latent `code`, made once on the model pool
+    /// and shared by every variation of that source.
+    pub async fn posterior(&self, code: Bytes) -> Result<Arc<Posterior>, DerivedError> {
+        let hash = code_hash(&code);
+        let metrics = self.metrics.clone();
+        let made = on_pool(self.pool.clone(), move |codec| {
+            Posterior::of_code(codec, &code)
+        });
+        let fill = async move {
+            let post = made.await?;
+            metrics
+                .derived_generated
+                .with_label_values(&["posterior"])
+                .inc();
+            Ok(Arc::new(post))
+        };
+        self.posteriors
+            .try_get_with(hash, fill)
+            .await
+            .map_err(|e: Arc<DerivedError>| (*e).clone())
     }
 
     /// The cached result under `key`, or `job`'s, run on the model pool once
@@ -346,14 +395,10 @@ impl Sampler {
     where
         F: FnOnce(&Codec) -> crate::Result<Sample> + Send + 'static,
     {
-        let pool = self.pool.clone();
         let metrics = self.metrics.clone();
+        let made = on_pool(self.pool.clone(), job);
         let fill = async move {
-            let rx = pool.try_run(job).map_err(|_| DerivedError::Busy)?;
-            let made = rx
-                .await
-                .map_err(|_| DerivedError::Failed("the model job died".into()))?
-                .map_err(|e| DerivedError::Failed(e.to_string()))?;
+            let made = made.await?;
             metrics.derived_generated.with_label_values(&[kind]).inc();
             Ok(Arc::new(made))
         };

@@ -274,6 +274,9 @@ async fn variations_and_interpolations_are_made_once_then_cached() {
     )
     .await;
     assert_eq!(abs.body, one.body);
+    // The strip and the single frames shared one posterior of the source.
+    let post = "vaeproxy_derived_generated_total{kind=\"posterior\"}";
+    assert_eq!(metric(&proxy, post).await, 1.0);
 
     // Interpolation between images of different sizes: the common 320x160.
     let lerp = "/_vaeproxy/interpolate?a=/a.jpg&b=/b.png&steps=3";

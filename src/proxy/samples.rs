@@ -34,6 +34,9 @@ const MAX_FRAMES: u32 = 16;
 /// Most pixels one request may make (frames x width x height): bounds the
 /// model time a single request can ask for (~5 s on one core).
 const MAX_OUTPUT_PIXELS: u64 = 8 << 20;
+/// Made from cached codes that may change at the origin: short-lived
+/// downstream, while our copy is keyed by the codes themselves.
+const DERIVED_CC: &str = "public, max-age=300";
 /// Frames per strip when the request does not say.
 const DEFAULT_VARIATIONS: u32 = 4;
 const DEFAULT_STEPS: u32 = 8;
@@ -127,7 +130,16 @@ impl Proxy {
         check_output("of", index.map_or(n, |_| 1), w, h)?;
         let which = index.map_or(format!("n{n}"), |i| format!("i{i}"));
         let key = format!("variations/{pool}/{:016x}/{which}", code_hash(&code));
-        let job = move |codec: &crate::Codec| sampler::variations(codec, &code, &spec, n, index);
+        let sampler = &self.inner.sampler;
+        // Served from the cache without touching the posterior when made before.
+        if let Some(s) = sampler.derived(&key).await {
+            return Ok((self.picture(req, &s, DERIVED_CC), "derived"));
+        }
+        let post = match sampler.posterior(code).await {
+            Ok(p) => p,
+            Err(e) => return self.not_derived(e, "variation"),
+        };
+        let job = move |codec: &crate::Codec| sampler::variations(codec, &post, &spec, n, index);
         self.derived(req, key, "variation", job).await
     }
 
@@ -170,14 +182,19 @@ impl Proxy {
         F: FnOnce(&crate::Codec) -> crate::Result<Sample> + Send + 'static,
     {
         match self.inner.sampler.derive(key, kind, job).await {
-            // Made from cached codes that may change at the origin: short-lived
-            // downstream, while our copy is keyed by the codes themselves.
-            Ok(s) => Ok((self.picture(req, &s, "public, max-age=300"), "derived")),
-            Err(DerivedError::Busy) => Ok((
+            Ok(s) => Ok((self.picture(req, &s, DERIVED_CC), "derived")),
+            Err(e) => self.not_derived(e, kind),
+        }
+    }
+
+    /// The answer when a variation or interpolation could not be made.
+    fn not_derived(&self, e: DerivedError, kind: &str) -> Answer {
+        match e {
+            DerivedError::Busy => Ok((
                 busy("the model pool is busy with live traffic".into()),
                 "derived_busy",
             )),
-            Err(DerivedError::Failed(e)) => {
+            DerivedError::Failed(e) => {
                 Err(HttpError::Internal(format!("generating the {kind}: {e}")))
             }
         }
