@@ -159,6 +159,32 @@ def losses(model, x, beta, noise):
     return mse255 + beta * kl_bpp, mse255, kl_bpp
 
 
+def grow(model, old):
+    """Loads a checkpoint into a model with as many or more latent channels.
+
+    The old channels keep their weights; a new channel starts nearly switched
+    off (mean weights scaled down, log-variance 0 so sigma = 1 and KL ~ 0) and
+    the decoder starts nearly blind to it, so the grown model begins at the
+    old model's quality and training turns new channels on only where their
+    bits buy distortion. With as many channels it is a plain warm start.
+    """
+    new = model.state_dict()
+    z_old, z = old["dec.head.weight"].shape[1], model.cfg["z"]
+    for k, v in old.items():
+        if k.startswith("enc.head."):
+            t = new[k]
+            t[:z_old] = v[:z_old]
+            t[z_old:z] *= 0.1
+            t[z : z + z_old] = v[z_old:]
+            t[z + z_old :] = 0
+        elif k == "dec.head.weight":
+            new[k][:, :z_old] = v
+            new[k][:, z_old:] *= 0.1
+        else:
+            new[k] = v
+    model.load_state_dict(new)
+
+
 def export(model, path):
     sd = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"vaeproxy.config": ",".join(f"{k}={v}" for k, v in model.cfg.items())}
@@ -183,12 +209,17 @@ def main():
     ap.add_argument("--ckpt-secs", type=float, default=120)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--z", type=int, default=32, help="latent channels")
+    ap.add_argument("--init", help="start a new run from this checkpoint's weights (may have fewer latent channels)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     images, val = load_images(a.data), load_images(a.val)
-    model = Vae().to(dev)
+    model = Vae(z=a.z).to(dev)
+    if a.init and not (a.resume and os.path.exists(a.out + ".pt")):
+        grow(model, torch.load(a.init, weights_only=False)["model"])
+        print(f"initialised from {a.init}")
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     rng = random.Random(a.seed)
     torch.manual_seed(a.seed)
