@@ -10,7 +10,9 @@
 //!
 //! Only training and validation photos are used; never Kodak.
 
-use crate::codec::entropy::{for_each_context, pmf_from_counts, EntropyModel, CONTEXTS, RANGE, SYMBOLS};
+use crate::codec::entropy::{
+    for_each_context, pmf_from_counts, EntropyModel, CONTEXTS, RANGE, SYMBOLS,
+};
 use crate::codec::image_to_tensor;
 use crate::error::Result;
 use crate::model::{Vae, DOWNSCALE};

@@ -354,7 +354,10 @@ mod tests {
         .unwrap();
         // channel 0 knows nothing; later channels see position 0 always busy
         assert_eq!(seen[0], (0, 0, 0));
-        assert!(seen.iter().filter(|s| s.0 > 0 && s.1 == 0).all(|s| s.2 == 2));
+        assert!(seen
+            .iter()
+            .filter(|s| s.0 > 0 && s.1 == 0)
+            .all(|s| s.2 == 2));
         assert!(seen.iter().filter(|s| s.1 == 1).all(|s| s.2 == 0));
     }
 
