@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kodak=${1:-../shared/kodak}
 out=target/kodak-eval
-mkdir -p "$out/recon"
+rm -rf "$out/recon" && mkdir -p "$out/recon"  # no stale levels in the picture
 cargo build --release --quiet
 bin=target/release/vaeproxy
 levels=$($bin info | sed -n 's/^levels=//p')
