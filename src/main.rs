@@ -394,13 +394,16 @@ fn calibrate_and_save(
         train_imgs.len(),
         val_imgs.len()
     );
-    let (em, predicted) =
+    let (em, frontier) =
         calibrate::calibrate(vae, &train_imgs, &val_imgs, &calibrate::DEFAULT_TARGETS)
             .map_err(|e| e.to_string())?;
-    for (i, (s, (bpp, psnr))) in em.steps.iter().zip(&predicted).enumerate() {
+    eprintln!("rate-distortion frontier (validation bpp, PSNR of centre crops):");
+    for p in &frontier {
+        let level = em.steps.iter().position(|&s| s == p.m);
+        let mark = level.map_or(String::new(), |l| format!("  <- level {}", l + 1));
         eprintln!(
-            "level {}: step x{s:.3}, validation bpp {bpp:.3}, psnr {psnr:.2} dB (centre crops)",
-            i + 1
+            "  step x{:.3}: bpp {:.4}, psnr {:.2} dB{mark}",
+            p.m, p.bpp, p.psnr
         );
     }
     let mut tensors = candle_core::safetensors::load_buffer(network, &candle_core::Device::Cpu)

@@ -117,11 +117,18 @@ fn distortion(
     Ok(10.0 * (255.0f64.powi(2) / (se / n).max(1e-12)).log10())
 }
 
-/// One candidate quantizer: step multiplier, validation bpp and PSNR, tables.
+/// A step multiplier on the rate-distortion frontier, measured on the
+/// validation photos (bpp of whole photos, PSNR of centre crops).
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    pub m: f32,
+    pub bpp: f64,
+    pub psnr: f64,
+}
+
+/// One candidate quantizer: its point and its tables.
 struct Candidate {
-    m: f32,
-    bpp: f64,
-    psnr: f64,
+    point: Point,
     pmf: Vec<f32>,
 }
 
@@ -129,13 +136,14 @@ struct Candidate {
 /// on `val`: among step multipliers on the rate-distortion frontier (more bits
 /// must buy at least `MIN_SLOPE` dB per bpp, so no level wastes bits the
 /// decoder cannot turn into quality), the ones nearest each target rate.
-/// Returns the model and, per level, the predicted validation `(bpp, psnr)`.
+/// Returns the model and the whole frontier, coarse to fine (the levels are
+/// the points whose `m` is in the model's `steps`).
 pub fn calibrate(
     vae: &Vae,
     train: &[RgbImage],
     val: &[RgbImage],
     targets: &[f64],
-) -> Result<(EntropyModel, Vec<(f64, f64)>)> {
+) -> Result<(EntropyModel, Vec<Point>)> {
     const MIN_SLOPE: f64 = 2.5;
     let z = vae.config.z;
     let mut lv_sum = vec![0f64; z];
@@ -169,21 +177,23 @@ pub fn calibrate(
         let (bpp, pmf) = rate(&tl, &vl, &scale, m);
         let steps: Vec<f32> = scale.iter().map(|s| m * s).collect();
         let psnr = distortion(vae, &crops, &mus, &steps)?;
-        if let Some(last) = frontier.last() {
+        if let Some(last) = frontier.last().map(|c| c.point) {
             if (psnr - last.psnr) / (bpp - last.bpp).max(1e-9) < MIN_SLOPE {
                 continue;
             }
         }
-        eprintln!("  frontier: step x{m:.3}, validation bpp {bpp:.4}, psnr {psnr:.2} dB");
-        frontier.push(Candidate { m, bpp, psnr, pmf });
+        frontier.push(Candidate {
+            point: Point { m, bpp, psnr },
+            pmf,
+        });
     }
     let mut chosen: Vec<usize> = Vec::new();
     for &t in targets {
         let best = (0..frontier.len())
             .min_by(|&a, &b| {
-                (frontier[a].bpp - t)
+                (frontier[a].point.bpp - t)
                     .abs()
-                    .total_cmp(&(frontier[b].bpp - t).abs())
+                    .total_cmp(&(frontier[b].point.bpp - t).abs())
             })
             .expect("frontier is not empty");
         if !chosen.contains(&best) {
@@ -191,14 +201,11 @@ pub fn calibrate(
         }
     }
     chosen.sort_unstable();
-    let steps = chosen.iter().map(|&i| frontier[i].m).collect();
+    let steps = chosen.iter().map(|&i| frontier[i].point.m).collect();
     let pmf = chosen
         .iter()
         .flat_map(|&i| frontier[i].pmf.clone())
         .collect();
-    let predicted = chosen
-        .iter()
-        .map(|&i| (frontier[i].bpp, frontier[i].psnr))
-        .collect();
-    Ok((EntropyModel::new(scale, steps, pmf)?, predicted))
+    let points = frontier.iter().map(|c| c.point).collect();
+    Ok((EntropyModel::new(scale, steps, pmf)?, points))
 }

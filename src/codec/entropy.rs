@@ -11,11 +11,11 @@
 //!   at once, so a position busy in earlier channels is likely busy in this one.
 //!
 //! Conditioning on both saves bits that a single per-channel histogram would
-//! spend (about 6 % over the neighbours alone, measured on the validation
+//! spend (4-6 % over the neighbours alone, measured on the validation
 //! photos). Channels the KL term switched off always quantize to 0, get a
 //! probability of ~1 there and so cost ~0 bits. Coding is ANS from
 //! `constriction`; the models are rebuilt identically on both sides from the
-//! stored f32 tables.
+//! stored (f16) tables.
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -234,6 +234,9 @@ impl EntropyModel {
     pub fn encode(&self, level: usize, symbols: &[i32], h: usize, w: usize) -> Result<Vec<u32>> {
         let models = &self.models[level - 1];
         let mut coded = Vec::with_capacity(symbols.len());
+        // The traversal hands out a mutable grid for the decoder's sake; a copy
+        // (~20 us here) keeps one traversal for both directions, and measured
+        // faster than a resumable walk without it (0.83 vs 1.48 ms per 768x512).
         let mut grid = symbols.to_vec();
         for_each_context(&mut grid, h, w, |c, g, i, k| {
             coded.push(((g[i] + RANGE) as usize, &models[c * CONTEXTS + k]));
