@@ -14,9 +14,15 @@ out=data
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-packages=(endless-sky-high-dpi mate-backgrounds plasma-workspace-wallpapers lomiri-wallpapers-16.04)
+packages=(endless-sky-high-dpi mate-backgrounds plasma-workspace-wallpapers lomiri-wallpapers-16.04
+  lomiri-wallpapers-20.04 python3-skimage)
+# Looked at and left out as rendered art, not photographs: gnome-backgrounds 43
+# (all), ukui-wallpapers (all), lomiri-wallpapers-20.04 except Kleiber.
 # Plasma ships each wallpaper at many sizes; these are the photographs among them.
 plasma_photos=(Autumn BytheWater ColdRipple ColorfulCups DarkestHour EveningGlow FallenLeaf Grey Kite OneStandsOut Path summer_1am)
+# scikit-image's colour photographs (its data/README.txt gives each one's
+# licence: public domain or CC0); the rest are greyscale, textures or test charts.
+skimage_photos=(astronaut.png chelsea.png coffee.png motorcycle_left.png rocket.jpg)
 
 python3 -c 'import PIL' 2>/dev/null || python3 -m pip install -q pillow
 
@@ -29,6 +35,9 @@ for p in "${packages[@]}"; do
   ver=$(dpkg-deb -f "$deb" Version)
   dpkg-deb -x "$deb" "$work/$p"
   cp "$work/$p/usr/share/doc/$p/copyright" "$out/licenses/$p.copyright"
+  if [ "$p" = python3-skimage ]; then
+    cp "$work/$p/usr/lib/python3/dist-packages/skimage/data/README.txt" "$out/licenses/$p.data-README.txt"
+  fi
   case "$p" in
     endless-sky-high-dpi)
       find "$work/$p/usr/share/games/endless-sky/plugins/endless-sky-high-dpi/images/land" -name '*.jpg' ;;
@@ -41,6 +50,10 @@ for p in "${packages[@]}"; do
       done ;;
     lomiri-wallpapers-16.04)
       find "$work/$p/usr/share/backgrounds" -maxdepth 1 -name '*.jpg' ;;
+    lomiri-wallpapers-20.04)
+      echo "$work/$p/usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg" ;;
+    python3-skimage)
+      for f in "${skimage_photos[@]}"; do echo "$work/$p/usr/lib/python3/dist-packages/skimage/data/$f"; done ;;
   esac | sort | while read -r f; do printf '%s\t%s\t%s\n' "$p" "$ver" "$f"; done >> "$list"
 done
 

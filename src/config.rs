@@ -30,6 +30,10 @@ pub struct Config {
     /// Pools of images sampled from the VAE's prior, pre-generated at startup.
     /// Absent: the `default` pool; `samples = []` turns sampling off.
     pub samples: Vec<SamplePool>,
+    /// Peers (IPs or CIDR blocks) whose `Forwarded`, `X-Forwarded-*` and
+    /// `Via` are kept and appended to; from anyone else they are dropped, so a
+    /// client cannot make the origin believe a forged address or host.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Output format of sampled images.
@@ -109,6 +113,11 @@ pub struct Route {
     /// Send the client's Host to the origin instead of the origin's own.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Store responses that carry `Set-Cookie` (with the header removed from
+    /// the stored copy, so no client ever gets another's cookie). Off: such
+    /// responses are relayed to the client that asked and never stored.
+    #[serde(default)]
+    pub store_set_cookie: bool,
 }
 
 /// The HTTP cache's budgets.
@@ -132,6 +141,10 @@ pub struct CacheConfig {
     pub heuristic_fraction: f64,
     /// Upper bound of heuristic freshness.
     pub heuristic_max_secs: u64,
+    /// Bytes for encode results keyed by the SHA-256 of the original image:
+    /// a refetch (client `no-cache`, an invalidation) that brings back the
+    /// same bytes reuses the latent instead of paying the model again.
+    pub content_memo_bytes: u64,
 }
 
 /// When ordinary (non-latent) clients may get a VAE reconstruction.
@@ -191,6 +204,18 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_secs: u64,
+    /// A connection with a response in progress that takes no response bytes
+    /// for this long (a client that stopped reading, an HTTP/2 peer that
+    /// sends no WINDOW_UPDATE) is closed, freeing what it holds.
+    pub client_write_timeout_ms: u64,
+    /// Longest time to receive a whole origin body that is being buffered
+    /// for the cache (requests coalesced behind it wait on it); past it: 504.
+    pub origin_body_deadline_ms: u64,
+    /// Bytes of origin bodies buffered for the cache at once, over every
+    /// request; beyond it, responses stream through uncached.
+    pub max_buffered_bytes: u64,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub h2_max_streams: u32,
 }
 
 impl Default for Config {
@@ -202,6 +227,7 @@ impl Default for Config {
             codec: CodecConfig::default(),
             limits: Limits::default(),
             samples: vec![SamplePool::default_pool()],
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -217,6 +243,7 @@ impl Default for CacheConfig {
             keep_stale_secs: 3600,
             heuristic_fraction: 0.1,
             heuristic_max_secs: 86400,
+            content_memo_bytes: 8 << 20,
         }
     }
 }
@@ -248,6 +275,10 @@ impl Default for Limits {
             max_header_bytes: 64 << 10,
             max_connections: 4096,
             shutdown_grace_secs: 30,
+            client_write_timeout_ms: 30_000,
+            origin_body_deadline_ms: 120_000,
+            max_buffered_bytes: 128 << 20,
+            h2_max_streams: 32,
         }
     }
 }
@@ -376,6 +407,28 @@ impl Config {
                 "limits.max_header_bytes: must be at least 8192".into(),
             ));
         }
+        if self.limits.h2_max_streams == 0 {
+            return Err(ConfigError(
+                "limits.h2_max_streams: must be at least 1".into(),
+            ));
+        }
+        for (key, v) in [
+            (
+                "client_write_timeout_ms",
+                self.limits.client_write_timeout_ms,
+            ),
+            (
+                "origin_body_deadline_ms",
+                self.limits.origin_body_deadline_ms,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!("limits.{key}: must be at least 1")));
+            }
+        }
+        for (i, p) in self.trusted_proxies.iter().enumerate() {
+            IpBlock::parse(p).map_err(|e| ConfigError(format!("trusted_proxies[{i}]: {e}")))?;
+        }
         Ok(())
     }
 
@@ -386,10 +439,63 @@ impl Config {
             path_prefix: None,
             origin: origin.to_string(),
             preserve_host: false,
+            store_set_cookie: false,
         }];
         self.validate()
             .map_err(|e| ConfigError(e.0.replace("route[0].origin", "--origin")))?;
         Ok(self)
+    }
+}
+
+/// An IP address or CIDR block (`10.0.0.0/8`, `::1`), for `trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    pub fn parse(s: &str) -> Result<IpBlock, String> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+        };
+        Ok(IpBlock { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(ip, V4),
+            v4 => v4,
+        };
+        let bits = |a: std::net::IpAddr| -> u128 {
+            match a {
+                V4(v4) => u32::from(v4) as u128,
+                V6(v6) => u128::from(v6),
+            }
+        };
+        let width = if self.addr.is_ipv4() { 32 } else { 128 };
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let shift = width - self.prefix as u32;
+        shift >= width || bits(ip) >> shift == bits(self.addr) >> shift
     }
 }
 
@@ -443,6 +549,23 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vaeproxy.toml");
         let cfg = Config::load(&p).unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn ip_blocks() {
+        let b = IpBlock::parse("10.0.0.0/8").unwrap();
+        assert!(b.contains("10.200.1.1".parse().unwrap()));
+        assert!(!b.contains("11.0.0.1".parse().unwrap()));
+        assert!(b.contains("::ffff:10.1.2.3".parse().unwrap()), "v4-mapped");
+        let one = IpBlock::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.1".parse().unwrap()));
+        assert!(IpBlock::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        let e =
+            Config::from_toml(&format!("trusted_proxies = [\"10.0.0.0/33\"]\n{MIN}")).unwrap_err();
+        assert!(e.0.contains("trusted_proxies[0]"), "{e}");
     }
 
     #[test]

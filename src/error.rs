@@ -21,9 +21,13 @@ pub enum Error {
     /// The weights file is unusable.
     #[error("bad weights: {0}")]
     Weights(String),
-    /// The input image could not be read or breaks a limit.
+    /// The input image could not be read.
     #[error("bad image: {0}")]
     Image(String),
+    /// The image declares more pixels or memory than the limit allows (a
+    /// decompression bomb, or just too big): refused before decoding.
+    #[error("image too large: {0}")]
+    ImageTooLarge(String),
     /// A tensor operation failed (a bug or an out-of-memory, not bad input).
     #[error("model error: {0}")]
     Model(#[from] candle_core::Error),
@@ -44,6 +48,9 @@ pub enum HttpError {
     /// The request is malformed or breaks a limit (400).
     #[error("{0}")]
     BadRequest(String),
+    /// The client's request body stalled (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// No route serves this host/path: the proxy is not an open proxy (404).
     #[error("{0}")]
     NoRoute(String),
@@ -76,6 +83,7 @@ impl HttpError {
         use hyper::StatusCode as S;
         match self {
             HttpError::BadRequest(_) => S::BAD_REQUEST,
+            HttpError::RequestTimeout(_) => S::REQUEST_TIMEOUT,
             HttpError::NoRoute(_) | HttpError::NotFound(_) => S::NOT_FOUND,
             HttpError::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
             HttpError::Unavailable(_) => S::SERVICE_UNAVAILABLE,

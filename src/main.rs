@@ -162,9 +162,8 @@ fn contact_sheet(
     for i in 0..spec.count {
         let s =
             vaeproxy::sampler::generate(codec, spec, i).map_err(|e| format!("sample {i}: {e}"))?;
-        let img = image::load_from_memory(&s.image)
-            .map_err(|e| format!("sample {i}: {e}"))?
-            .to_rgb8();
+        let img = codec::read_image(&s.image, codec::DEFAULT_MAX_PIXELS)
+            .map_err(|e| format!("sample {i}: {e}"))?;
         let (x, y) = (i % columns, i / columns);
         image::imageops::replace(
             &mut sheet,
@@ -204,9 +203,8 @@ fn interpolation_row(
         vaeproxy::sampler::Output::PNG,
     )
     .map_err(|e| format!("interpolating: {e}"))?;
-    Ok(image::load_from_memory(&strip.image)
-        .map_err(|e| format!("interpolating: {e}"))?
-        .to_rgb8())
+    codec::read_image(&strip.image, codec::DEFAULT_MAX_PIXELS)
+        .map_err(|e| format!("interpolating: {e}"))
 }
 
 fn load_codec(weights: Option<&Path>) -> Result<Codec, String> {

@@ -27,6 +27,14 @@ pub struct Metrics {
     pub latent_bytes_saved: IntCounter,
     /// Images the model encoded (one per cache fill, never per hit).
     pub encodes: IntCounter,
+    /// Encodes skipped because the same original bytes were encoded before.
+    pub encodes_reused: IntCounter,
+    /// Responses streamed through uncached because the buffer budget
+    /// (`limits.max_buffered_bytes`) was spent.
+    pub budget_exhausted: IntCounter,
+    /// Client connections closed because a response made no progress
+    /// within `limits.client_write_timeout_ms`.
+    pub client_write_timeouts: IntCounter,
     /// Images the model decoded (guards, reconstructions, samples).
     pub decodes: IntCounter,
     /// Why an image was kept as its original bytes.
@@ -125,6 +133,18 @@ impl Metrics {
                 "Original minus latent bytes over latent responses",
             ),
             encodes: counter("encodes_total", "Images encoded by the model"),
+            encodes_reused: counter(
+                "encodes_reused_total",
+                "Encodes skipped: the same original bytes were encoded before",
+            ),
+            budget_exhausted: counter(
+                "buffer_budget_exhausted_total",
+                "Responses streamed uncached because the buffer budget was spent",
+            ),
+            client_write_timeouts: counter(
+                "client_write_timeouts_total",
+                "Client connections closed for taking no response bytes in time",
+            ),
             decodes: counter("decodes_total", "Latents decoded by the model"),
             guards,
             encode_seconds,

@@ -1,19 +1,29 @@
 //! The accept loop: a connection limit, HTTP/1.1 and HTTP/2 (hyper-util's
-//! auto builder), header-read timeouts, and graceful shutdown that lets
-//! in-flight requests finish.
+//! auto builder), header-read timeouts, a write timeout toward clients that
+//! stop reading, and graceful shutdown that lets in-flight requests finish.
 
 use crate::config::Limits;
+use crate::proxy::upstream::{BoxError, ProxyBody};
 use crate::proxy::Proxy;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 
 /// Serves `proxy` on `listener` until `shutdown` completes, then waits up to
 /// `limits.shutdown_grace_secs` for open requests.
@@ -29,7 +39,9 @@ pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown:
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.h2_max_streams);
+    let write_timeout = Duration::from_millis(limits.client_write_timeout_ms);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -54,13 +66,17 @@ pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown:
         };
         let _ = stream.set_nodelay(true);
         let p = proxy.clone();
+        let progress = Arc::new(Progress::new());
+        let io = Stalling::new(stream, Arc::clone(&progress), write_timeout, proxy.clone());
         let svc = service_fn(move |req| {
             let p = p.clone();
-            async move { Ok::<_, Infallible>(p.handle(req, peer).await) }
+            let progress = Arc::clone(&progress);
+            async move {
+                let resp = p.handle(req, peer).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, progress).boxed()))
+            }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -108,4 +124,243 @@ pub async fn build(cfg: crate::config::Config, codec: Arc<crate::Codec>) -> Resu
     // Generation runs in the background; the proxy is ready before it ends.
     sampler.start();
     Ok(proxy)
+}
+
+/// Response progress on one client connection: how many responses are
+/// being sent, and when one last handed a frame to the connection.
+struct Progress {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` of the last frame taken by the connection.
+    last_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A response body that reports to its connection's [`Progress`], handing
+/// hyper at most [`PIECE`] bytes per frame. hyper takes the next frame only
+/// when the previous ones have (mostly) left, HTTP/1 through its write buffer
+/// and HTTP/2 through the flow-control window, so "no frame taken for a
+/// while" means the client stopped reading, even for a body held as one
+/// buffer.
+struct Tracked {
+    inner: ProxyBody,
+    /// The rest of a data frame larger than one piece.
+    rest: Bytes,
+    progress: Arc<Progress>,
+}
+
+const PIECE: usize = 64 << 10;
+
+impl Tracked {
+    fn new(inner: ProxyBody, progress: Arc<Progress>) -> Tracked {
+        // A response starts with a full window of its own.
+        progress.touch();
+        progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        Tracked {
+            inner,
+            rest: Bytes::new(),
+            progress,
+        }
+    }
+
+    fn piece(&mut self) -> Frame<Bytes> {
+        let n = self.rest.len().min(PIECE);
+        Frame::data(self.rest.split_to(n))
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.progress.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.progress.touch();
+        if !self.rest.is_empty() {
+            return Poll::Ready(Some(Ok(self.piece())));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if data.len() > PIECE => {
+                    self.rest = data;
+                    Poll::Ready(Some(Ok(self.piece())))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            r => r,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(u) = inner.upper() {
+            hint.set_upper(u + rest);
+        }
+        hint
+    }
+}
+
+/// The client socket, failing with `TimedOut` once a response has been in
+/// progress without taking a frame for `timeout`. hyper stops polling a body
+/// while the client does not read (HTTP/1: the socket is full; HTTP/2: no
+/// WINDOW_UPDATE), so the check lives here, where hyper always polls: the
+/// connection then closes and drops what its responses hold.
+struct Stalling {
+    io: TcpStream,
+    progress: Arc<Progress>,
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// Since when the socket has refused every write (the client's receive
+    /// window is full): covers the tail a finished body left in buffers.
+    write_blocked: Option<Instant>,
+    proxy: Proxy,
+}
+
+impl Stalling {
+    fn new(io: TcpStream, progress: Arc<Progress>, timeout: Duration, proxy: Proxy) -> Stalling {
+        Stalling {
+            io,
+            progress,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            write_blocked: None,
+            proxy,
+        }
+    }
+
+    /// Called when an I/O call is pending: the error to fail it with, if the
+    /// responses in progress have stalled; otherwise arms the timer.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let responding = self.progress.in_flight.load(Ordering::Relaxed) > 0;
+        let deadline = match (responding, self.write_blocked) {
+            (true, Some(b)) => self.progress.last().min(b),
+            (true, None) => self.progress.last(),
+            (false, Some(b)) => b,
+            (false, None) => return None,
+        } + self.timeout;
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.proxy.metrics().client_write_timeouts.inc();
+                Some(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "client took no response bytes for {} ms",
+                        self.timeout.as_millis()
+                    ),
+                ))
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    fn wrote(
+        &mut self,
+        r: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Pending => {
+                self.write_blocked.get_or_insert_with(Instant::now);
+                match self.stalled(cx) {
+                    Some(e) => Poll::Ready(Err(e)),
+                    None => Poll::Pending,
+                }
+            }
+            r => {
+                self.write_blocked = None;
+                r
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stalling {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Pending => match self.stalled(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            r => r,
+        }
+    }
+}
+
+impl AsyncWrite for Stalling {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Pending => match self.stalled(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            r => r,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }

@@ -234,6 +234,11 @@ impl Cache {
         let mut list = vec![Arc::clone(&entry)];
         if let Some(old) = self.entries.get(key).await {
             for e in old.list.iter() {
+                // A 304 freshens an entry in place (same id): its original
+                // stays, and the old copy is simply replaced.
+                if e.id == entry.id {
+                    continue;
+                }
                 let vary_changed = e
                     .vary
                     .iter()

@@ -373,26 +373,50 @@ pub fn read_dynamic(bytes: &[u8], max_pixels: u64) -> Result<image::DynamicImage
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(e.to_string()))?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(Error::Image("not a JPEG, PNG, WebP or GIF image".into()));
+    };
+    // GIF decoders allocate the whole logical screen per frame: read its
+    // declared size from the bytes before any decoder sees them.
+    if format == image::ImageFormat::Gif {
+        let (w, h) =
+            gif_screen(bytes).ok_or_else(|| Error::Image("truncated GIF header".into()))?;
+        check_pixels(w, h, max_pixels)?;
     }
     reader.limits(limits_for(max_pixels));
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| Error::Image(e.to_string()))?;
-    if w as u64 * h as u64 > max_pixels {
-        return Err(Error::Image(format!(
-            "{w}x{h} is over the {max_pixels}-pixel limit"
-        )));
-    }
+    let (w, h) = reader.into_dimensions().map_err(image_error)?;
+    check_pixels(w, h, max_pixels)?;
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(e.to_string()))?;
     reader.limits(limits_for(max_pixels));
-    reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => Error::Image(format!("image over a memory limit: {l}")),
+    reader.decode().map_err(image_error)
+}
+
+fn check_pixels(w: u32, h: u32, max_pixels: u64) -> Result<()> {
+    if w as u64 * h as u64 > max_pixels {
+        return Err(Error::ImageTooLarge(format!(
+            "{w}x{h} is over the {max_pixels}-pixel limit"
+        )));
+    }
+    Ok(())
+}
+
+fn image_error(e: image::ImageError) -> Error {
+    match e {
+        image::ImageError::Limits(l) => Error::ImageTooLarge(format!("over a memory limit: {l}")),
         e => Error::Image(e.to_string()),
-    })
+    }
+}
+
+/// The logical screen size a GIF declares (bytes 6-9), if the header is there.
+pub fn gif_screen(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 10 || !bytes.starts_with(b"GIF8") {
+        return None;
+    }
+    let w = u16::from_le_bytes([bytes[6], bytes[7]]);
+    let h = u16::from_le_bytes([bytes[8], bytes[9]]);
+    Some((w as u32, h as u32))
 }
 
 /// Decoded RGBA8 worst case plus decoder scratch.

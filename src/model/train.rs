@@ -162,8 +162,8 @@ pub fn load_images(dir: &Path) -> std::result::Result<Vec<RgbImage>, String> {
     files
         .iter()
         .map(|f| {
-            image::open(f)
-                .map(|i| i.to_rgb8())
+            let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            crate::codec::read_image(&bytes, crate::codec::DEFAULT_MAX_PIXELS)
                 .map_err(|e| format!("{}: {e}", f.display()))
         })
         .collect()

@@ -26,23 +26,27 @@ use crate::cache::freshness::{self, Directives, Freshness, Heuristic, Reuse};
 use crate::cache::key::PrimaryKey;
 use crate::cache::{self, Body as Stored, Cache, Entry, Flight};
 use crate::codec::pool::Pool;
-use crate::config::{Config, Reconstructions};
+use crate::config::{Config, IpBlock, Reconstructions};
 use crate::error::HttpError;
 use crate::latent::wire::{ModelId, MIME};
 use crate::metrics::Metrics;
 use crate::sampler::Sampler;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use negotiate::Choice;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use transform::{Guard, Transformed};
-use upstream::{empty, full, OriginClient, ProxyBody, Upstream, Watched};
+use transform::{Guard, Memo, Transformed};
+use upstream::{
+    empty, find_source, full, holding, Budget, ClientBodyError, Collected, Held, OriginClient,
+    ProxyBody, Stalled, Upstream, Watched,
+};
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 9] = [
@@ -55,6 +59,16 @@ const HOP_BY_HOP: [&str; 9] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+];
+
+/// What a client says about earlier hops; believed only from trusted proxies.
+const FORWARDING: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "via",
 ];
 
 /// The proxy: routes, cache, model pool and metrics. Cheap to clone.
@@ -73,6 +87,12 @@ struct Inner {
     cfg: Config,
     heuristic: Heuristic,
     sampler: Sampler,
+    /// Peers whose forwarding headers are kept.
+    trusted: Vec<IpBlock>,
+    /// Bytes of origin bodies buffered for the cache, over all requests.
+    budget: Budget,
+    /// Encode results by content, so a refetch of the same bytes costs no model work.
+    memo: Memo,
 }
 
 /// What a request needs from its route, carried through the phases.
@@ -87,8 +107,10 @@ struct Ctx<'a> {
 
 /// What the upstream phase produced for a cacheable request.
 enum Fetched {
-    /// A new stored entry (plus the original bytes in hand, for this client).
-    Stored(Arc<Entry>, Option<Bytes>),
+    /// A new stored entry (plus the original bytes in hand, for this client),
+    /// the buffer budget its bytes hold, and the `Set-Cookie` values that
+    /// were kept out of the stored copy but belong to this client.
+    Stored(Arc<Entry>, Option<Bytes>, Held, Vec<HeaderValue>),
     /// The stored entry, freshened by a 304.
     Freshened(Arc<Entry>),
     /// The origin failed and the stale entry may stand in.
@@ -121,6 +143,12 @@ impl Proxy {
             fraction: cfg.cache.heuristic_fraction,
             max: Duration::from_secs(cfg.cache.heuristic_max_secs),
         };
+        let trusted = cfg
+            .trusted_proxies
+            .iter()
+            .map(|p| IpBlock::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (cfg_budget, cfg_memo) = (cfg.limits.max_buffered_bytes, cfg.cache.content_memo_bytes);
         Ok(Proxy {
             inner: Arc::new(Inner {
                 upstreams,
@@ -132,6 +160,9 @@ impl Proxy {
                 cfg,
                 heuristic,
                 sampler,
+                trusted,
+                budget: Budget::new(cfg_budget),
+                memo: Memo::new(cfg_memo),
             }),
         })
     }
@@ -191,7 +222,28 @@ impl Proxy {
         if req.uri().path().starts_with("/_vaeproxy/") {
             return Ok((self.ops(req.uri().path()).await, "internal"));
         }
+        if req.uri().path() == "*" {
+            // `OPTIONS *` asks about the server itself: answered here, never
+            // turned into an origin URL.
+            if req.method() == Method::OPTIONS {
+                let mut r = Response::new(empty());
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+                );
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                add_via(r.headers_mut());
+                return Ok((r, "internal"));
+            }
+            return Err(HttpError::BadRequest(format!(
+                "request target * is only for OPTIONS, not {}",
+                req.method()
+            )));
+        }
         let host = request_host(&req)?;
+        let mut req = req;
+        normalize_target(req.uri_mut())?;
         let path = req.uri().path().to_string();
         let host_only = strip_port(&host);
         let upstream = self
@@ -221,7 +273,11 @@ impl Proxy {
             host,
             req_cc: freshness::directives(req.headers()),
         };
+        // A GET/HEAD with a body is forwarded with its body, uncached: the
+        // cache path sends none, and a declared length without the bytes
+        // would desynchronise the origin connection (request smuggling).
         let cacheable_request = matches!(*req.method(), Method::GET | Method::HEAD)
+            && req.body().is_end_stream()
             && !req.headers().contains_key(header::RANGE)
             && !req.headers().contains_key(header::UPGRADE);
         if cacheable_request {
@@ -310,8 +366,13 @@ impl Proxy {
             let fetched = self.fetch(&parts, ctx, stale).await;
             drop(guard);
             return match fetched? {
-                Fetched::Stored(e, original) => {
-                    self.respond_from(&e, &parts, ctx, original, "miss").await
+                Fetched::Stored(e, original, held, cookies) => {
+                    let (r, outcome) = self.respond_from(&e, &parts, ctx, original, "miss").await?;
+                    let (mut rp, body) = r.into_parts();
+                    for c in cookies {
+                        rp.headers.append(header::SET_COOKIE, c);
+                    }
+                    Ok((Response::from_parts(rp, holding(body, held)), outcome))
                 }
                 Fetched::Freshened(e) => {
                     self.respond_from(&e, &parts, ctx, None, "revalidated")
@@ -350,7 +411,7 @@ impl Proxy {
                 headers.insert(header::IF_MODIFIED_SINCE, v.clone());
             }
         }
-        let req = self.origin_request(&Method::GET, parts.uri.clone(), &headers, ctx, empty());
+        let req = self.origin_request(&Method::GET, &parts.uri, &headers, ctx, empty())?;
         let request_time = SystemTime::now();
         inner.metrics.origin_requests.inc();
         let resp = match inner.client.send(req).await {
@@ -386,7 +447,11 @@ impl Proxy {
         }
         let (mut rparts, body) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
+        // Set-Cookie is per client: such responses are not stored unless the
+        // route opts in, and then the stored copy goes without the header.
+        let has_cookie = rparts.headers.contains_key(header::SET_COOKIE);
         let storable = !ctx.req_cc.no_store
+            && (!has_cookie || ctx.upstream.store_set_cookie)
             && freshness::storable(&Method::GET, &parts.headers, status, &rparts.headers);
         let body = self.origin_body(body);
         if !storable {
@@ -397,19 +462,31 @@ impl Proxy {
             add_via(&mut rparts.headers);
             return Ok(Fetched::Relay(Response::from_parts(rparts, body)));
         }
-        let limit = inner.cfg.cache.max_object_bytes;
-        let bytes = match upstream::collect_up_to(body, limit).await {
-            Ok(Ok(b)) => b,
-            Ok(Err((prefix, rest))) => {
-                // Too big to cache: stream it through instead.
+        let (bytes, held) = match self.collect(body).await? {
+            Collected::Whole(b, held) => (b, held),
+            Collected::Over {
+                prefix,
+                rest,
+                held,
+                budget_spent,
+            } => {
+                // Too big to cache, or the buffer budget is spent: stream it
+                // through instead.
+                if budget_spent {
+                    inner.metrics.budget_exhausted.inc();
+                }
                 add_via(&mut rparts.headers);
-                return Ok(Fetched::Relay(Response::from_parts(
-                    rparts,
-                    upstream::prefixed(prefix, rest),
-                )));
+                let body = holding(upstream::prefixed(prefix, rest), held);
+                return Ok(Fetched::Relay(Response::from_parts(rparts, body)));
             }
-            Err(e) => return Err(HttpError::BadGateway(format!("reading origin body: {e}"))),
         };
+        let cookies: Vec<HeaderValue> = rparts
+            .headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
+        rparts.headers.remove(header::SET_COOKIE);
         let f = Freshness::of(
             status,
             &rparts.headers,
@@ -424,7 +501,32 @@ impl Proxy {
             inner.cache.store_original(entry.id, o.clone()).await;
         }
         inner.cache.store(&ctx.key, Arc::clone(&entry)).await;
-        Ok(Fetched::Stored(entry, original))
+        Ok(Fetched::Stored(entry, original, held, cookies))
+    }
+
+    /// Buffers an origin body for the cache, within the size limit, the
+    /// buffer budget and the overall deadline (a trickling origin must not
+    /// hold the requests coalesced behind it forever).
+    async fn collect(&self, body: ProxyBody) -> Result<Collected, HttpError> {
+        let inner = &self.inner;
+        let deadline = Duration::from_millis(inner.cfg.limits.origin_body_deadline_ms);
+        let limit = inner.cfg.cache.max_object_bytes;
+        match tokio::time::timeout(
+            deadline,
+            upstream::collect_up_to(body, limit, &inner.budget),
+        )
+        .await
+        {
+            Err(_) => Err(HttpError::GatewayTimeout(format!(
+                "origin body not complete within {} ms",
+                deadline.as_millis()
+            ))),
+            Ok(Err(e)) if find_source::<Stalled>(&*e).is_some() => Err(HttpError::GatewayTimeout(
+                format!("reading origin body: {e}"),
+            )),
+            Ok(Err(e)) => Err(HttpError::BadGateway(format!("reading origin body: {e}"))),
+            Ok(Ok(c)) => Ok(c),
+        }
     }
 
     /// Phase 5: an image body becomes a latent unless a guard keeps it.
@@ -450,6 +552,17 @@ impl Proxy {
         if freshness::directives(headers).no_transform {
             return keep(Guard::NoTransform, bytes);
         }
+        let digest = Memo::digest(&bytes).await;
+        if let Some(t) = inner.memo.get(&digest).await {
+            m.encodes_reused.inc();
+            return match t {
+                Transformed::Latent { code, .. } => {
+                    let original_len = bytes.len() as u64;
+                    (Stored::Latent { code, original_len }, Some(bytes))
+                }
+                Transformed::Kept(g) => keep(g, bytes),
+            };
+        }
         let job_bytes = bytes.clone();
         let cfg = inner.cfg.codec.clone();
         // Timed on the pool thread: the histogram is the model's cost, and the
@@ -462,7 +575,11 @@ impl Proxy {
             Ok(rx) => rx,
             Err(_) => return keep(Guard::PoolFull, bytes),
         };
-        match rx.await {
+        let done = rx.await;
+        if let Ok((t, _)) = &done {
+            inner.memo.insert(digest, t.clone()).await;
+        }
+        match done {
             Ok((Transformed::Latent { code, psnr }, took)) => {
                 m.encodes.inc();
                 m.decodes.inc();
@@ -650,7 +767,7 @@ impl Proxy {
         ] {
             headers.remove(h);
         }
-        let req = self.origin_request(&Method::GET, parts.uri.clone(), &headers, ctx, empty());
+        let req = self.origin_request(&Method::GET, &parts.uri, &headers, ctx, empty())?;
         let resp = inner.client.send(req).await?;
         if resp.status() != StatusCode::OK {
             return Err(HttpError::BadGateway(format!(
@@ -659,11 +776,16 @@ impl Proxy {
             )));
         }
         let body = self.origin_body(resp.into_body());
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|err| HttpError::BadGateway(format!("refetching the original image: {err}")))?
-            .to_bytes();
+        let bytes = match self.collect(body).await? {
+            // The budget is released once the bytes are in the originals
+            // tier (or handed to this one client).
+            Collected::Whole(b, _held) => b,
+            Collected::Over { .. } => {
+                return Err(HttpError::Unavailable(
+                    "the original is over the cache's object limit or the proxy's buffer budget is spent; try again".into(),
+                ))
+            }
+        };
         inner.cache.store_original(e.id, bytes.clone()).await;
         Ok(bytes)
     }
@@ -698,8 +820,10 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let idle = Duration::from_millis(inner.cfg.limits.body_idle_timeout_ms);
         let body = Limited::new(body, inner.cfg.limits.max_request_body as usize);
-        let body = Watched::new(body, idle, inner.metrics.request_bytes.clone()).boxed();
-        let req = self.origin_request(&parts.method, parts.uri.clone(), &parts.headers, ctx, body);
+        let body = Watched::new(body, idle, inner.metrics.request_bytes.clone())
+            .map_err(|e| -> upstream::BoxError { Box::new(ClientBodyError(e)) })
+            .boxed();
+        let req = self.origin_request(&parts.method, &parts.uri, &parts.headers, ctx, body)?;
         inner.metrics.origin_requests.inc();
         let resp = inner.client.send(req).await?;
         let unsafe_method = !matches!(
@@ -725,32 +849,53 @@ impl Proxy {
         Ok((Response::from_parts(rparts, self.origin_body(body)), "pass"))
     }
 
-    /// The request sent to the origin: hop-by-hop removed, proxy headers added.
+    /// The request sent to the origin: hop-by-hop removed, proxy headers
+    /// added, the URI built from parts (never by pasting strings), and the
+    /// framing taken from the body actually sent, never from the client.
     fn origin_request(
         &self,
         method: &Method,
-        uri: Uri,
+        uri: &Uri,
         headers: &HeaderMap,
         ctx: &Ctx<'_>,
         body: ProxyBody,
-    ) -> Request<ProxyBody> {
+    ) -> Result<Request<ProxyBody>, HttpError> {
         let o = &ctx.upstream.origin;
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        let target = format!("http://{}{}{}", o.authority, o.base_path, pq);
+        if !pq.starts_with('/') {
+            return Err(HttpError::BadRequest(format!(
+                "request target {pq:?} is not a path"
+            )));
+        }
+        let target = Uri::builder()
+            .scheme("http")
+            .authority(o.authority.as_str())
+            .path_and_query(format!("{}{}", o.base_path, pq))
+            .build()
+            .map_err(|e| HttpError::BadRequest(format!("request target {pq:?}: {e}")))?;
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
-        *req.uri_mut() = target.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        *req.uri_mut() = target;
         let h = req.headers_mut();
         *h = headers.clone();
         strip_hop_by_hop(h);
+        // hyper frames the request from the body: a copied Content-Length
+        // with no bytes behind it is how a GET smuggles a request.
+        h.remove(header::CONTENT_LENGTH);
         let host = if ctx.upstream.preserve_host {
             ctx.host.clone()
         } else {
             o.authority.clone()
         };
         h.insert(header::HOST, cache::value(&host));
-        add_via(h);
         let ip = ctx.peer.ip();
+        let trusted = self.inner.trusted.iter().any(|b| b.contains(ip));
+        if !trusted {
+            for name in FORWARDING {
+                h.remove(name);
+            }
+        }
+        add_via(h);
         let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip.to_string(),
@@ -767,7 +912,7 @@ impl Proxy {
             header::FORWARDED,
             cache::value(&format!("for={for_};host=\"{}\";proto=http", ctx.host)),
         );
-        req
+        Ok(req)
     }
 
     /// An origin body with the idle timeout, size limit and byte count.
@@ -880,6 +1025,66 @@ fn request_host(req: &Request<Incoming>) -> Result<String, HttpError> {
     Ok(host.as_str().to_ascii_lowercase())
 }
 
+/// Normalises the request path (RFC 3986 5.2.4, with `%2E` read as `.`) so
+/// that routing, the cache key and the origin all see the same path; an
+/// encoded `/` or `\` is refused, since origins disagree on what it means.
+fn normalize_target(uri: &mut Uri) -> Result<(), HttpError> {
+    let path = uri.path();
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err(HttpError::BadRequest(format!(
+            "path {path:?} has an encoded slash or backslash"
+        )));
+    }
+    let normal = remove_dot_segments(path);
+    if let Cow::Borrowed(_) = normal {
+        return Ok(());
+    }
+    let pq = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal.into_owned(),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|_| HttpError::BadRequest(format!("path {pq:?} is not valid")))?,
+    );
+    *uri = Uri::from_parts(parts)
+        .map_err(|_| HttpError::BadRequest(format!("path {pq:?} is not valid")))?;
+    Ok(())
+}
+
+/// RFC 3986 5.2.4 for an absolute path; borrowed when nothing changes.
+fn remove_dot_segments(path: &str) -> Cow<'_, str> {
+    let is_dot = |seg: &str, dots: usize| {
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        decoded.len() == dots && decoded.bytes().all(|b| b == b'.')
+    };
+    let Some(rest) = path.strip_prefix('/') else {
+        return Cow::Borrowed(path);
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    if !segments.iter().any(|s| is_dot(s, 1) || is_dot(s, 2)) {
+        return Cow::Borrowed(path);
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        if is_dot(seg, 1) {
+        } else if is_dot(seg, 2) {
+            out.pop();
+        } else {
+            out.push(seg);
+            continue;
+        }
+        // "/a/.." and "/a/." name a directory: keep the trailing slash.
+        if i == last {
+            out.push("");
+        }
+    }
+    Cow::Owned(format!("/{}", out.join("/")))
+}
+
 fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority.split(']').next().map_or(authority, |h| &h[1..]);
@@ -982,6 +1187,29 @@ mod tests {
         let t = latent_etag(Some(&HeaderValue::from_static("W/\"x1\"")), &id).unwrap();
         assert_eq!(t, "W/\"x1.vlat-abababab\"");
         assert!(latent_etag(None, &id).is_none());
+    }
+
+    #[test]
+    fn dot_segments() {
+        for (path, want) in [
+            ("/a/b/c", "/a/b/c"),
+            ("/a/./b/../c", "/a/c"),
+            ("/pub/../secret", "/secret"),
+            ("/pub/%2e%2E/secret", "/secret"),
+            ("/../../x", "/x"),
+            ("/a/..", "/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a//b", "/a//b"),
+            ("/a/...b/.c", "/a/...b/.c"),
+        ] {
+            assert_eq!(remove_dot_segments(path), want, "{path}");
+        }
+        assert!(matches!(remove_dot_segments("/plain"), Cow::Borrowed(_)));
+        let mut uri: Uri = "/x/..%2Fy".parse().unwrap();
+        assert!(normalize_target(&mut uri).is_err());
+        let mut uri: Uri = "/x/../y?q=/../".parse().unwrap();
+        normalize_target(&mut uri).unwrap();
+        assert_eq!(uri, "/y?q=/../", "the query is left alone");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::codec::{quality, read_dynamic, Codec};
 use crate::config::CodecConfig;
+use crate::error::Error;
 use bytes::Bytes;
 use image::ImageFormat;
 
@@ -44,10 +45,59 @@ impl Guard {
 }
 
 /// The outcome of one encode job.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Transformed {
     Latent { code: Bytes, psnr: f64 },
     Kept(Guard),
+}
+
+/// Encode outcomes by the SHA-256 of the original bytes. Every outcome of
+/// [`transform`] depends only on the bytes (the model and the codec config
+/// are fixed for a proxy's life), so a refetch that brings back the same
+/// bytes (a client's `no-cache`, an invalidation by POST) reuses it instead
+/// of paying the model again; clients can no longer force encodes at will.
+#[derive(Clone)]
+pub struct Memo {
+    cache: Option<moka::future::Cache<[u8; 32], Transformed>>,
+}
+
+impl Memo {
+    /// `bytes` of latent codes kept (0 = off).
+    pub fn new(bytes: u64) -> Memo {
+        let cache = (bytes > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|_k, t: &Transformed| match t {
+                    Transformed::Latent { code, .. } => (code.len() + 96) as u32,
+                    Transformed::Kept(_) => 96,
+                })
+                .build()
+        });
+        Memo { cache }
+    }
+
+    /// SHA-256 of `bytes`; large bodies are hashed off the async threads.
+    pub async fn digest(bytes: &Bytes) -> [u8; 32] {
+        use sha2::Digest;
+        if bytes.len() < 1 << 20 {
+            return sha2::Sha256::digest(bytes).into();
+        }
+        let b = bytes.clone();
+        match tokio::task::spawn_blocking(move || sha2::Sha256::digest(&b).into()).await {
+            Ok(d) => d,
+            Err(_) => sha2::Sha256::digest(bytes).into(),
+        }
+    }
+
+    pub async fn get(&self, digest: &[u8; 32]) -> Option<Transformed> {
+        self.cache.as_ref()?.get(digest).await
+    }
+
+    pub async fn insert(&self, digest: [u8; 32], t: Transformed) {
+        if let Some(c) = &self.cache {
+            c.insert(digest, t).await;
+        }
+    }
 }
 
 /// The image format from the magic bytes; `None` for anything the codec does
@@ -61,22 +111,63 @@ pub fn sniff(body: &[u8]) -> Option<ImageFormat> {
     }
 }
 
-/// Whether the file holds more than one frame. Checked on the bytes:
-/// PNG's `acTL` chunk (before the image data), WebP's VP8X animation flag,
-/// and for GIF a second image descriptor found by the decoder.
+/// Whether the file holds more than one frame, read from the bytes alone
+/// (no decoder runs, so nothing is allocated): PNG's `acTL` chunk (before the
+/// image data), WebP's VP8X animation flag, a second GIF image descriptor.
 pub fn animated(format: ImageFormat, body: &[u8]) -> bool {
     match format {
         ImageFormat::Png => png_has_actl(body),
         ImageFormat::WebP => body.len() > 20 && &body[12..16] == b"VP8X" && body[20] & 0x02 != 0,
-        ImageFormat::Gif => {
-            use image::AnimationDecoder;
-            let Ok(dec) = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(body)) else {
-                return false;
-            };
-            // Two frames are enough to know; never decode the whole animation.
-            dec.into_frames().take(2).filter(|f| f.is_ok()).count() > 1
-        }
+        ImageFormat::Gif => gif_frames(body) > 1,
         _ => false,
+    }
+}
+
+/// Image descriptors in a GIF, counting to 2 at most, by walking its blocks
+/// (GIF89a: header, screen descriptor, colour tables, extension and image
+/// blocks made of length-prefixed sub-blocks).
+fn gif_frames(b: &[u8]) -> usize {
+    fn table(flags: u8) -> usize {
+        if flags & 0x80 != 0 {
+            3 << ((flags & 7) + 1)
+        } else {
+            0
+        }
+    }
+    fn skip_sub_blocks(b: &[u8], mut i: usize) -> Option<usize> {
+        loop {
+            let n = *b.get(i)? as usize;
+            i += 1 + n;
+            if n == 0 {
+                return Some(i);
+            }
+        }
+    }
+    if b.len() < 13 {
+        return 0;
+    }
+    let mut i = 13 + table(b[10]);
+    let mut frames = 0;
+    loop {
+        let next = match b.get(i) {
+            Some(0x21) => skip_sub_blocks(b, i + 2),
+            Some(0x2C) => {
+                frames += 1;
+                if frames > 1 {
+                    return frames;
+                }
+                match b.get(i + 9) {
+                    // descriptor, local table, LZW code size, then the data
+                    Some(&flags) => skip_sub_blocks(b, i + 10 + table(flags) + 1),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        match next {
+            Some(n) => i = n,
+            None => return frames,
+        }
     }
 }
 
@@ -109,15 +200,8 @@ pub fn transform(codec: &Codec, body: &[u8], cfg: &CodecConfig) -> Transformed {
     }
     let img = match read_dynamic(body, cfg.max_pixels) {
         Ok(img) => img,
-        Err(e) => {
-            let msg = e.to_string().to_ascii_lowercase();
-            let guard = if msg.contains("limit") {
-                Guard::TooLarge
-            } else {
-                Guard::Undecodable
-            };
-            return Transformed::Kept(guard);
-        }
+        Err(Error::ImageTooLarge(_)) => return Transformed::Kept(Guard::TooLarge),
+        Err(_) => return Transformed::Kept(Guard::Undecodable),
     };
     if img.color().has_alpha() && has_meaningful_alpha(&img) {
         return Transformed::Kept(Guard::Alpha);
@@ -209,6 +293,45 @@ mod tests {
                 assert!(psnr > cfg.psnr_floor);
             }
             t => panic!("{t:?}"),
+        }
+    }
+
+    /// A GIF with a `w` x `h` screen and `frames` 1x1 frames.
+    fn gif(w: u16, h: u16, frames: usize) -> Vec<u8> {
+        let mut b = b"GIF89a".to_vec();
+        b.extend_from_slice(&w.to_le_bytes());
+        b.extend_from_slice(&h.to_le_bytes());
+        b.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 255, 255, 255]);
+        for _ in 0..frames {
+            // a graphic control extension, then the image
+            b.extend_from_slice(&[0x21, 0xf9, 4, 0, 10, 0, 0, 0]);
+            b.extend_from_slice(&[0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0, 2, 2, 0x44, 0x01, 0]);
+        }
+        b.push(0x3b);
+        b
+    }
+
+    #[test]
+    fn gif_frames_are_counted_from_the_bytes() {
+        assert_eq!(gif_frames(&gif(4, 4, 1)), 1);
+        assert_eq!(gif_frames(&gif(4, 4, 3)), 2, "counts to two at most");
+        assert!(animated(ImageFormat::Gif, &gif(4, 4, 2)));
+        assert!(!animated(ImageFormat::Gif, &gif(4, 4, 1)));
+        let truncated = gif(4, 4, 2);
+        assert_eq!(gif_frames(&truncated[..30]), 1);
+        assert_eq!(gif_frames(b"GIF89a"), 0);
+        // The decoder agrees that these are real GIFs.
+        assert!(crate::codec::read_image(&gif(4, 4, 1), 100).is_ok());
+    }
+
+    #[test]
+    fn gif_bomb_is_too_large_before_any_decoder() {
+        let codec = Codec::shipped().unwrap();
+        for (w, h) in [(16000, 16000), (65535, 65535)] {
+            let t = transform(&codec, &gif(w, h, 1), &CodecConfig::default());
+            assert!(matches!(t, Transformed::Kept(Guard::TooLarge)), "{t:?}");
+            let e = crate::codec::read_image(&gif(w, h, 1), 24_000_000).unwrap_err();
+            assert!(matches!(e, Error::ImageTooLarge(_)), "{e}");
         }
     }
 

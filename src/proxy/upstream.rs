@@ -14,8 +14,10 @@ use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounter;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,6 +39,7 @@ pub struct Upstream {
     pub path_prefix: Option<String>,
     pub origin: Origin,
     pub preserve_host: bool,
+    pub store_set_cookie: bool,
 }
 
 impl Upstream {
@@ -52,6 +55,7 @@ impl Upstream {
             path_prefix: r.path_prefix.clone(),
             origin,
             preserve_host: r.preserve_host,
+            store_set_cookie: r.store_set_cookie,
         })
     }
 
@@ -94,7 +98,19 @@ impl OriginClient {
             ))),
             Ok(Err(e)) => {
                 let chain = error_chain(&e);
-                if e.is_connect() && chain.contains("timed out") {
+                // The client's own body failed (malformed chunking, a stall):
+                // the client's fault, not the origin's.
+                if let Some(cb) = find_source::<ClientBodyError>(&e) {
+                    return Err(if find_source::<Stalled>(cb).is_some() {
+                        HttpError::RequestTimeout(format!("request body: {}", cb.0))
+                    } else {
+                        HttpError::BadRequest(format!("request body: {}", cb.0))
+                    });
+                }
+                if e.is_connect()
+                    && find_source::<std::io::Error>(&e)
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                {
                     Err(HttpError::GatewayTimeout(format!(
                         "connecting to origin timed out: {chain}"
                     )))
@@ -110,6 +126,31 @@ impl OriginClient {
         }
     }
 }
+
+/// The first error of type `T` in `e`'s source chain (itself included).
+pub fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// A body produced no frame within its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("body stalled for {0} ms")]
+pub struct Stalled(pub u128);
+
+/// An error of the client's request body, so that forwarding it can be
+/// answered as the client's fault (400/408), never as the origin's (502).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientBodyError(pub BoxError);
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -181,11 +222,9 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match self.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Some(Err(format!(
-                    "body stalled for {} ms",
-                    self.idle.as_millis()
-                )
-                .into()))),
+                Some(Poll::Ready(())) => {
+                    Poll::Ready(Some(Err(Box::new(Stalled(self.idle.as_millis())))))
+                }
                 _ => Poll::Pending,
             },
         }
@@ -200,32 +239,139 @@ where
     }
 }
 
-/// Reads a body up to `limit` bytes. `Ok(Err(prefix, rest))` when it is
-/// longer: the caller streams `prefix` then `rest` instead of caching.
+/// The bytes of origin bodies being buffered for the cache, over all
+/// requests (`limits.max_buffered_bytes`). Counted in KiB; what a response
+/// holds is released when its body is dropped (sent, or the client gone), so
+/// slow readers cannot pile up buffered bodies beyond it.
+#[derive(Clone)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+}
+
+/// Budget held by one buffered body.
+#[derive(Default)]
+pub struct Held(Option<OwnedSemaphorePermit>);
+
+impl Held {
+    pub fn kib(&self) -> u32 {
+        self.0.as_ref().map_or(0, |p| p.num_permits() as u32)
+    }
+}
+
+impl Budget {
+    pub fn new(bytes: u64) -> Budget {
+        let kib = (bytes / 1024).min(Semaphore::MAX_PERMITS as u64) as usize;
+        Budget {
+            sem: Arc::new(Semaphore::new(kib)),
+        }
+    }
+
+    /// Adds `bytes` to `held`; false (and nothing taken) when the budget is spent.
+    fn take(&self, held: &mut Held, bytes: usize) -> bool {
+        let kib = bytes.div_ceil(1024).min(u32::MAX as usize) as u32;
+        match Arc::clone(&self.sem).try_acquire_many_owned(kib) {
+            Ok(p) => {
+                match held.0.as_mut() {
+                    Some(h) => h.merge(p),
+                    None => held.0 = Some(p),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// KiB not in use.
+    pub fn available_kib(&self) -> usize {
+        self.sem.available_permits()
+    }
+}
+
+/// What [`collect_up_to`] read.
+pub enum Collected {
+    /// The whole body, and the budget it holds.
+    Whole(Bytes, Held),
+    /// Over the size limit or the budget: what was read, and the rest, to be
+    /// streamed through instead of cached.
+    Over {
+        prefix: Vec<Bytes>,
+        rest: ProxyBody,
+        held: Held,
+        /// The budget was spent (rather than the size limit reached).
+        budget_spent: bool,
+    },
+}
+
+/// Reads a body up to `limit` bytes, taking each piece from `budget`.
 pub async fn collect_up_to(
     mut body: ProxyBody,
     limit: u64,
-) -> Result<Result<Bytes, (Vec<Bytes>, ProxyBody)>, BoxError> {
+    budget: &Budget,
+) -> Result<Collected, BoxError> {
     let mut parts = Vec::new();
     let mut len = 0u64;
+    let mut held = Held::default();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
         if let Ok(data) = frame.into_data() {
             len += data.len() as u64;
+            let within_budget = budget.take(&mut held, data.len());
             parts.push(data);
-            if len > limit {
-                return Ok(Err((parts, body)));
+            if len > limit || !within_budget {
+                return Ok(Collected::Over {
+                    prefix: parts,
+                    rest: body,
+                    held,
+                    budget_spent: !within_budget,
+                });
             }
         }
     }
     if parts.len() == 1 {
-        return Ok(Ok(parts.pop().expect("one part")));
+        return Ok(Collected::Whole(parts.pop().expect("one part"), held));
     }
     let mut all = Vec::with_capacity(len as usize);
     for p in parts {
         all.extend_from_slice(&p);
     }
-    Ok(Ok(Bytes::from(all)))
+    Ok(Collected::Whole(Bytes::from(all), held))
+}
+
+/// `body` holding `held` until it is dropped.
+pub fn holding(body: ProxyBody, held: Held) -> ProxyBody {
+    if held.0.is_none() {
+        return body;
+    }
+    Holding {
+        inner: body,
+        _held: held,
+    }
+    .boxed()
+}
+
+struct Holding {
+    inner: ProxyBody,
+    _held: Held,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// `prefix` then the rest of `body`, as one body.

@@ -264,3 +264,111 @@ pub fn data(name: &str) -> Bytes {
 pub fn empty() -> Empty<Bytes> {
     Empty::new()
 }
+
+/// A hand-written HTTP/1.1 origin that behaves as nginx does with a request
+/// body it does not want: it answers first, then reads and discards the
+/// declared bytes, so a declared length without the bytes behind it
+/// desynchronises the connection. It records every request line it parses;
+/// each response body is the request's path.
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawOrigin {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+pub async fn start_discarding_origin() -> RawOrigin {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&lines);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut r = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end().to_string();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("?").to_string();
+                    seen.lock().unwrap().push(line);
+                    let (mut len, mut chunked) = (0usize, false);
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end().to_ascii_lowercase();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if h.starts_with("transfer-encoding:") && h.contains("chunked") {
+                            chunked = true;
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncache-control: max-age=60\r\n\r\n{path}",
+                        path.len()
+                    );
+                    if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if chunked {
+                        loop {
+                            let mut size = String::new();
+                            if r.read_line(&mut size).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                            let mut skip = vec![0u8; n + 2];
+                            if r.read_exact(&mut skip).await.is_err() {
+                                return;
+                            }
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    } else {
+                        let mut skip = vec![0u8; len];
+                        if r.read_exact(&mut skip).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    RawOrigin { addr, lines }
+}
+
+/// Writes `request` on a new connection to `addr` and reads until the peer
+/// closes (send `Connection: close`).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
