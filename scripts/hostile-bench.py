@@ -32,16 +32,23 @@ def gif_bomb():
 
 
 def webp_bomb():
-    # VP8L: 14-bit width-1 and height-1 fields
-    bits = (65535 - 1) | ((16383 - 1) << 14)
-    vp8l = b"\x2f" + struct.pack("<I", bits) + b"\x00" * 8
-    chunk = b"VP8L" + struct.pack("<I", len(vp8l)) + vp8l
-    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+    # VP8X canvas 65535x65535 (24-bit fields) around a real 1x1 lossless image
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "WEBP", lossless=True)
+    inner = buf.getvalue()[12:]  # the VP8L chunk
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x00" * 4 + (65534).to_bytes(3, "little") * 2
+    body = b"WEBP" + vp8x + inner
+    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 def jpeg_bomb():
-    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, 65535, 65535, 3) + bytes([1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0])
-    return b"\xff\xd8" + sof + b"\xff\xd9"
+    # a real JPEG whose frame header (SOF0) is patched to 65535x65535
+    b = bytearray(open("tests/data/canyon.jpg", "rb").read())
+    i = b.index(b"\xff\xc0")
+    b[i + 5 : i + 9] = struct.pack(">HH", 65535, 65535)
+    return bytes(b)
 
 
 def avif_bomb():
@@ -55,6 +62,9 @@ BOMBS = {"gif": gif_bomb(), "png": png_bomb(), "webp": webp_bomb(), "jpeg": jpeg
 
 class Origin(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # head and body are separate writes: without this, Nagle plus delayed
+    # ACKs add 40 ms to every response
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         name = self.path.strip("/").split(".")[0]
@@ -126,7 +136,7 @@ def main():
                 data, ms = get(port, f"/{name}.{i}")
                 assert data.startswith(b"HTTP/1.1 200"), data[:100]
                 times.append(ms)
-            print(f"  {name:5s} {len(BOMBS[name]):3d} B  max {max(times):6.1f} ms  median {sorted(times)[1]:6.1f} ms")
+            print(f"  {name:5s} {len(BOMBS[name]):5d} B  max {max(times):6.1f} ms  median {sorted(times)[1]:6.1f} ms")
         m = rss(proxy.pid)
         print(f"  proxy RSS {m['VmRSS']} MB, peak {m['VmHWM']} MB")
         guards = [l for l in get(port, "/_vaeproxy/metrics")[0].decode().splitlines() if l.startswith("vaeproxy_guard_total")]
