@@ -1,12 +1,17 @@
 //! Criterion benches of the codec on a 768x512 photo: encode and decode with
-//! one thread and with the default thread count, and the entropy coder alone.
+//! one thread and with the default thread count, the entropy coder alone, and
+//! the codec v2 network's transforms (trained widths, weights from a fresh
+//! initialisation: the time depends on shapes, not values).
 //!
 //! `cargo bench --bench codec`. The photo is a held-out packaged photo from
 //! tests/data, upscaled to Kodak's size (timing depends on size, not content).
 
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use vaeproxy::codec::{self, Codec};
+use vaeproxy::model::hyperprior::{Config, Hyperprior};
 
 fn photo() -> image::RgbImage {
     let img = image::open("tests/data/twowings.png").unwrap().to_rgb8();
@@ -73,5 +78,32 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Codec v2's network (`scripts/train_codec.py` widths) at 768x512, one thread.
+fn bench_v2(c: &mut Criterion) {
+    let (p, _) = pool(Some(1));
+    let cfg = Config::from_metadata("c1=32,c2=64,c3=128,c=128,n=96,zc=64,levels=8").unwrap();
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let m = Hyperprior::new(vb, cfg).unwrap();
+    let x = Tensor::rand(0f32, 1., (1, 3, 512, 768), &Device::Cpu).unwrap();
+    let y = m.analysis.forward(&x).unwrap();
+    let z = m.hyper_analysis.forward(&y).unwrap().round().unwrap();
+    let mut g = c.benchmark_group("v2_network_768x512_1t");
+    g.sample_size(10);
+    g.bench_function("analysis", |b| {
+        b.iter(|| p.install(|| m.analysis.forward(black_box(&x)).unwrap()))
+    });
+    g.bench_function("hyper_analysis", |b| {
+        b.iter(|| p.install(|| m.hyper_analysis.forward(black_box(&y)).unwrap()))
+    });
+    g.bench_function("hyper_synthesis", |b| {
+        b.iter(|| p.install(|| m.hyper_synthesis.forward(black_box(&z)).unwrap()))
+    });
+    g.bench_function("synthesis", |b| {
+        b.iter(|| p.install(|| m.synthesis.forward(black_box(&y)).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_v2);
 criterion_main!(benches);

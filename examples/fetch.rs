@@ -1,6 +1,7 @@
 //! Fetch an image through a vaeproxy and write it as PNG.
 //!
-//! `cargo run --release --example fetch -- http://127.0.0.1:8080/photo.jpg out.png`
+//! `cargo run --release --example fetch -- http://127.0.0.1:8080/photos/lava3.jpg out.png`
+//! (with `cargo run --release` serving the demo origin on port 8080)
 //!
 //! The request asks for a latent made by the built-in weights; a proxy that
 //! has one answers with it (a fraction of the bytes) and it is decoded here.

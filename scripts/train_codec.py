@@ -94,16 +94,16 @@ class Up(nn.Module):
 class Encoder(nn.Module):
     """Analysis transform: image in [0,1] -> y (C channels at 1/16)."""
 
-    def __init__(self, c):
+    def __init__(self, c, c1=32, c2=64, c3=128):
         super().__init__()
-        self.stem = conv(48, 32, 3)
-        self.gdn0 = Gdn(32, False)
-        self.res0 = ResBlock(32)
-        self.down1 = Down(32, 64)
-        self.res1 = ResBlock(64)
-        self.down2 = Down(64, 128)
-        self.res2 = ResBlock(128)
-        self.head = conv(128, c, 3)
+        self.stem = conv(48, c1, 3)
+        self.gdn0 = Gdn(c1, False)
+        self.res0 = ResBlock(c1)
+        self.down1 = Down(c1, c2)
+        self.res1 = ResBlock(c2)
+        self.down2 = Down(c2, c3)
+        self.res2 = ResBlock(c3)
+        self.head = conv(c3, c, 3)
 
     def forward(self, x):
         x = self.res0(self.gdn0(self.stem(F.pixel_unshuffle(x - 0.5, 4))))
@@ -130,16 +130,16 @@ class Refine(nn.Module):
 class Decoder(nn.Module):
     """Synthesis transform: y (C at 1/16) -> image; ends at full resolution."""
 
-    def __init__(self, c):
+    def __init__(self, c, c1=32, c2=64, c3=128):
         super().__init__()
-        self.head = conv(c, 128, 3)
-        self.res2 = ResBlock(128)
-        self.up2 = Up(128, 64)
-        self.res1 = ResBlock(64)
-        self.up1 = Up(64, 32)
-        self.res0 = ResBlock(32)
-        self.up0 = Up(32, 16)
-        self.out = conv(16, 12, 3)
+        self.head = conv(c, c3, 3)
+        self.res2 = ResBlock(c3)
+        self.up2 = Up(c3, c2)
+        self.res1 = ResBlock(c2)
+        self.up1 = Up(c2, c1)
+        self.res0 = ResBlock(c1)
+        self.up0 = Up(c1, c1 // 2)
+        self.out = conv(c1 // 2, 12, 3)
         self.refine = Refine()
 
     def forward(self, y):
@@ -238,11 +238,11 @@ def round_ste(x):
 
 
 class Codec(nn.Module):
-    def __init__(self, c=128, n=96, zc=64, levels=len(LAMBDAS)):
+    def __init__(self, c=128, n=96, zc=64, levels=len(LAMBDAS), c1=32, c2=64, c3=128):
         super().__init__()
-        self.cfg = dict(c=c, n=n, zc=zc, levels=levels)
-        self.enc = Encoder(c)
-        self.dec = Decoder(c)
+        self.cfg = dict(c1=c1, c2=c2, c3=c3, c=c, n=n, zc=zc, levels=levels)
+        self.enc = Encoder(c, c1, c2, c3)
+        self.dec = Decoder(c, c1, c2, c3)
         self.hyper_enc = HyperEncoder(c, n, zc)
         self.hyper_dec = HyperDecoder(c, n, zc)
         self.z_prior = FactorizedPrior(zc)
@@ -388,6 +388,7 @@ def main():
     ap.add_argument("--init-v1", default="weights/vae.safetensors", help="warm start of a fresh run")
     ap.add_argument("--export", help="write the network from the checkpoint as safetensors and exit")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (measured 1.2x on this CPU)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -414,6 +415,10 @@ def main():
         return
     for g in opt.param_groups:
         g["lr"] = a.lr
+    # channels-last convolutions and a compiled step: 0.218 -> 0.150 s per
+    # step of 4 x 256^2 on this 2-core CPU (measured; either alone 1.2-1.3x).
+    model = model.to(memory_format=torch.channels_last)
+    step_fn = model if a.no_compile else torch.compile(model)
     os.makedirs(os.path.dirname(a.ckpt) or ".", exist_ok=True)
     images, val = load_images(a.data), load_images(a.val)
     vb = val_crops(val, 512).to(dev)
@@ -440,9 +445,9 @@ def main():
     t_start = last_ckpt = time.time()
     seen, acc = 0, [0.0, 0.0, 0.0, 0]
     while step < a.steps and not stop:
-        x = batch(images, a.batch, a.crop, rng).to(dev)
+        x = batch(images, a.batch, a.crop, rng).to(dev).contiguous(memory_format=torch.channels_last)
         level = torch.tensor([(step * a.batch + i) % levels for i in range(a.batch)], device=dev)
-        x_hat, yb, zb = model(x, level)
+        x_hat, yb, zb = step_fn(x, level)
         px = x.shape[2] * x.shape[3]
         bpp = (yb + zb) / px
         mse = F.mse_loss(x_hat, x, reduction="none").mean(dim=(1, 2, 3)) * 255.0**2

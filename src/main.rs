@@ -337,7 +337,22 @@ fn run(cli: Cli) -> Result<(), String> {
             let img = decoder
                 .decode(&read_file(&input)?)
                 .map_err(|e| format!("{}: {e}", input.display()))?;
-            img.save_with_format(&output, image::ImageFormat::Png)
+            // the format follows the extension: PNG bytes in a .jpg file
+            // would fool every program that trusts the name
+            let format = match image::ImageFormat::from_path(&output) {
+                Ok(
+                    f @ (image::ImageFormat::Png
+                    | image::ImageFormat::Jpeg
+                    | image::ImageFormat::WebP),
+                ) => f,
+                _ => {
+                    return Err(format!(
+                        "{}: unknown output format; name it .png, .jpg or .webp",
+                        output.display()
+                    ))
+                }
+            };
+            img.save_with_format(&output, format)
                 .map_err(|e| format!("{}: {e}", output.display()))
         }
         Cmd::Eval {

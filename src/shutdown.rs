@@ -14,9 +14,21 @@ pub async fn signal() {
                 Ok(s) => s,
                 Err(_) => return ctrl_c.await,
             };
+        // SIGHUP's default action kills the process: an operator's
+        // `kill -HUP` (the usual "reload") must not take the proxy down.
+        let hup = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(mut hup) => loop {
+                    hup.recv().await;
+                    tracing::warn!("SIGHUP: configuration reload is not supported yet; ignored");
+                },
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = hup => {}
         }
     }
     #[cfg(not(unix))]

@@ -29,6 +29,24 @@ fn encode_decode_eval() {
         .success());
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (320, 160));
+    // the output format follows the extension
+    let jpg = dir.path().join("a.jpg");
+    assert!(bin()
+        .arg("decode")
+        .arg(&vlat)
+        .arg(&jpg)
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        &std::fs::read(&jpg).unwrap()[..2],
+        b"\xff\xd8",
+        "JPEG bytes in a .jpg"
+    );
+    let odd = dir.path().join("a.xyz");
+    let out = bin().arg("decode").arg(&vlat).arg(&odd).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown output format"));
 
     let imgs = dir.path().join("imgs");
     std::fs::create_dir(&imgs).unwrap();
@@ -181,4 +199,66 @@ fn sample_writes_a_contact_sheet() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.png"));
     let out = sample(&["--pool", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [[samples]] pool named \"nope\""));
+}
+
+/// SIGHUP (what operators send to "reload") must not kill the proxy.
+#[cfg(unix)]
+#[test]
+fn sighup_does_not_kill_the_proxy() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:{port}\"\nsamples = []\n[[route]]\norigin = \"http://127.0.0.1:9\"\n"),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let healthz = || -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ =
+            s.write_all(b"GET /_vaeproxy/healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200")
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        if healthz() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(up, "proxy did not start");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP killed the proxy"
+    );
+    assert!(healthz());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
 }

@@ -37,6 +37,36 @@ fn candle_forward_matches_pytorch() {
     assert!(max_diff(&y, &t["test.y"]) < 1e-4, "decoded image differs");
 }
 
+/// tests/data/hyperprior-parity.safetensors comes from
+/// scripts/make_hyperprior_fixture.py: a narrow codec v2 network from
+/// scripts/train_codec.py, an input and PyTorch's output of each transform.
+#[test]
+fn hyperprior_forward_matches_pytorch() {
+    use candle_core::Module;
+    use vaeproxy::model::hyperprior::Hyperprior;
+    let bytes = std::fs::read("tests/data/hyperprior-parity.safetensors").unwrap();
+    let m = Hyperprior::from_safetensors(&bytes).unwrap();
+    let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+    let y = m.analysis.forward(&t["test.x"]).unwrap();
+    assert!(max_diff(&y, &t["test.y"]) < 1e-4, "y differs");
+    let z = m.hyper_analysis.forward(&y).unwrap();
+    assert!(max_diff(&z, &t["test.z"]) < 1e-4, "z differs");
+    let (mean, log_scale) = m
+        .hyper_synthesis
+        .forward(&t["test.z"].round().unwrap())
+        .unwrap();
+    assert!(max_diff(&mean, &t["test.mean"]) < 1e-4, "mean differs");
+    assert!(
+        max_diff(&log_scale, &t["test.log_scale"]) < 1e-4,
+        "log-scale differs"
+    );
+    let x_hat = m.synthesis.forward(&t["test.y"]).unwrap();
+    assert!(max_diff(&x_hat, &t["test.x_hat"]) < 1e-4, "image differs");
+    let (g, _) = m.gains(1).unwrap();
+    let want = t["gain_enc"].get(1).unwrap().exp().unwrap();
+    assert!(max_diff(&g.flatten_all().unwrap(), &want) < 1e-6);
+}
+
 fn tiny_cfg(steps: usize) -> TrainConfig {
     TrainConfig {
         steps,

@@ -475,3 +475,47 @@ async fn buffer_budget_streams_misses_through() {
     get(&proxy.url("/s"), &[]).await;
     assert_eq!(get(&proxy.url("/s"), &[]).await.cache(), "hit");
 }
+
+#[tokio::test]
+async fn origin_failures_keep_their_detail_in_the_log() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let proxy = start_proxy(BASIC, &format!("http://{addr}")).await;
+    let r = get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 502);
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!(body.trim(), "cannot connect to origin");
+    assert!(!body.contains(&addr.port().to_string()), "{body}");
+}
+
+#[tokio::test]
+async fn unsupported_image_types_are_counted() {
+    // An AVIF (ftyp box) and an SVG: labelled images, not decodable here.
+    let origin = start_origin(|req, _| {
+        let (ct, body): (&str, &[u8]) = if req.uri().path() == "/a.avif" {
+            ("image/avif", b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf")
+        } else {
+            (
+                "image/svg+xml",
+                b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+            )
+        };
+        Reply::ok(
+            Bytes::from_static(body),
+            &[("content-type", ct), ("cache-control", "max-age=60")],
+        )
+    })
+    .await;
+    let proxy = start_proxy(BASIC, &origin.url()).await;
+    for p in ["/a.avif", "/b.svg"] {
+        assert_eq!(get(&proxy.url(p), &[]).await.status, 200);
+    }
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        m["vaeproxy_guard_total{reason=\"unsupported_format\"}"],
+        2.0
+    );
+    // and the decode library no longer asks origins for AVIF
+    assert!(!latent_accept().contains("avif"));
+}

@@ -53,7 +53,7 @@ impl Decoder {
     /// weights, falling back to ordinary images.
     pub fn accept_header(&self) -> String {
         format!(
-            "{MIME}; model={}, image/avif, image/webp, image/jpeg, image/png, image/*;q=0.8",
+            "{MIME}; model={}, image/webp, image/jpeg, image/png, image/gif;q=0.8",
             self.model_id()
         )
     }

@@ -10,6 +10,7 @@
 //! ...), which is also what `scripts/train_torch.py` exports.
 
 mod blocks;
+pub mod hyperprior;
 #[cfg(feature = "server")]
 pub mod train;
 

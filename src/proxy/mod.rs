@@ -521,10 +521,14 @@ impl Proxy {
                 "origin body not complete within {} ms",
                 deadline.as_millis()
             ))),
-            Ok(Err(e)) if find_source::<Stalled>(&*e).is_some() => Err(HttpError::GatewayTimeout(
-                format!("reading origin body: {e}"),
-            )),
-            Ok(Err(e)) => Err(HttpError::BadGateway(format!("reading origin body: {e}"))),
+            Ok(Err(e)) => {
+                tracing::warn!(cause = %e, "reading an origin body failed");
+                Err(if find_source::<Stalled>(&*e).is_some() {
+                    HttpError::GatewayTimeout("the origin's body stalled".into())
+                } else {
+                    HttpError::BadGateway("the origin's body failed".into())
+                })
+            }
             Ok(Ok(c)) => Ok(c),
         }
     }
@@ -539,16 +543,23 @@ impl Proxy {
     ) -> (Stored, Option<Bytes>) {
         let inner = &self.inner;
         let m = &inner.metrics;
-        if status != StatusCode::OK
-            || !inner.cfg.codec.enabled
-            || transform::sniff(&bytes).is_none()
-        {
-            return (Stored::Plain(bytes), None);
-        }
         let keep = |g: Guard, bytes: Bytes| {
             m.guards.with_label_values(&[g.label()]).inc();
             (Stored::Plain(bytes), None)
         };
+        if status != StatusCode::OK || !inner.cfg.codec.enabled {
+            return (Stored::Plain(bytes), None);
+        }
+        if transform::sniff(&bytes).is_none() {
+            let labelled_image = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("image/"));
+            if labelled_image {
+                return keep(Guard::Unsupported, bytes);
+            }
+            return (Stored::Plain(bytes), None);
+        }
         if freshness::directives(headers).no_transform {
             return keep(Guard::NoTransform, bytes);
         }

@@ -13,35 +13,129 @@ pub enum Choice {
     Reconstruction,
 }
 
+/// One media range of an `Accept` header (RFC 9110 12.5.1), parameters with
+/// their quotes and escapes undone; `q` is `None` when absent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaRange {
+    pub media_type: String,
+    pub params: Vec<(String, String)>,
+    pub q: Option<f32>,
+}
+
+/// Parses one `Accept` line into its media ranges. Commas and semicolons
+/// inside quoted strings are data, not separators. A range with a malformed
+/// weight (not `0`..`1` with at most three decimals) is dropped, as is
+/// anything that does not parse: a garbled range never counts as a yes.
+pub fn parse_accept(line: &str) -> Vec<MediaRange> {
+    let mut out = Vec::new();
+    for element in split_unquoted(line, ',') {
+        let mut parts = split_unquoted(&element, ';').into_iter();
+        let media_type = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let well_formed = media_type.split_once('/').is_some_and(|(t, sub)| {
+            !t.is_empty() && !sub.is_empty() && !sub.contains('/') && !media_type.contains(' ')
+        });
+        if !well_formed {
+            continue;
+        }
+        let mut range = MediaRange {
+            media_type,
+            params: Vec::new(),
+            q: None,
+        };
+        let mut ok = true;
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else {
+                ok = false;
+                break;
+            };
+            let k = k.trim().to_ascii_lowercase();
+            let Some(v) = unquote(v.trim()) else {
+                ok = false;
+                break;
+            };
+            if k == "q" {
+                match qvalue(&v) {
+                    Some(q) => range.q = Some(q),
+                    None => ok = false,
+                }
+                // parameters after q are accept-ext, not media-type parameters
+                break;
+            }
+            range.params.push((k, v));
+        }
+        if ok {
+            out.push(range);
+        }
+    }
+    out
+}
+
+/// Splits on `sep` outside double quotes (a backslash escapes inside them).
+fn split_unquoted(s: &str, sep: char) -> Vec<String> {
+    let (mut out, mut cur) = (Vec::new(), String::new());
+    let (mut quoted, mut escaped) = (false, false);
+    for ch in s.chars() {
+        if escaped {
+            escaped = false;
+        } else if quoted && ch == '\\' {
+            escaped = true;
+        } else if ch == '"' {
+            quoted = !quoted;
+        } else if ch == sep && !quoted {
+            out.push(std::mem::take(&mut cur));
+            continue;
+        }
+        cur.push(ch);
+    }
+    out.push(cur);
+    out
+}
+
+/// A token or a quoted-string with its escapes undone; `None` if malformed.
+fn unquote(v: &str) -> Option<String> {
+    let Some(inner) = v.strip_prefix('"') else {
+        return (!v.is_empty() && !v.contains(['"', ' ', '\\'])).then(|| v.to_string());
+    };
+    let inner = inner.strip_suffix('"')?;
+    let (mut out, mut escaped) = (String::new(), false);
+    for ch in inner.chars() {
+        match (escaped, ch) {
+            (false, '\\') => escaped = true,
+            (false, '"') => return None,
+            _ => {
+                out.push(ch);
+                escaped = false;
+            }
+        }
+    }
+    (!escaped).then_some(out)
+}
+
+/// RFC 9110 12.4.2 weight: `0`, `0.x{0,3}`, `1` or `1.0{0,3}`.
+fn qvalue(v: &str) -> Option<f32> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    let digits_ok = frac.len() <= 3 && frac.bytes().all(|b| b.is_ascii_digit());
+    match int {
+        "0" if digits_ok => v.parse().ok(),
+        "1" if digits_ok && frac.bytes().all(|b| b == b'0') => Some(1.0),
+        _ => None,
+    }
+}
+
 /// Whether `Accept` names the latent type with this model's id and q > 0.
 /// A wildcard does not count: only decoders that ask get latents.
 pub fn accepts_latent(req: &HeaderMap, model: &ModelId) -> bool {
-    req.get_all(header::ACCEPT).iter().any(|line| {
-        let Ok(line) = line.to_str() else {
-            return false;
-        };
-        line.split(',').any(|range| {
-            let mut parts = range.split(';');
-            let ty = parts.next().unwrap_or("").trim();
-            if !ty.eq_ignore_ascii_case(MIME) {
-                return false;
-            }
-            let mut model_ok = false;
-            let mut q_ok = true;
-            for p in parts {
-                let Some((k, v)) = p.split_once('=') else {
-                    continue;
-                };
-                let (k, v) = (k.trim(), v.trim().trim_matches('"'));
-                if k.eq_ignore_ascii_case("model") {
-                    model_ok = ModelId::from_hex(v) == Some(*model);
-                } else if k.eq_ignore_ascii_case("q") {
-                    q_ok = v.parse::<f32>().is_ok_and(|q| q > 0.0);
-                }
-            }
-            model_ok && q_ok
+    req.get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(parse_accept)
+        .any(|r| {
+            r.media_type.eq_ignore_ascii_case(MIME)
+                && r.q.is_none_or(|q| q > 0.0)
+                && r.params
+                    .iter()
+                    .any(|(k, v)| k == "model" && ModelId::from_hex(v) == Some(*model))
         })
-    })
 }
 
 /// `Save-Data: on` (the client asks for fewer bytes).
@@ -131,6 +225,43 @@ mod tests {
         assert!(!accepts_latent(&req(MIME), &id));
         assert!(!accepts_latent(&req(&format!("{MIME}; model=00")), &id));
         assert!(!accepts_latent(&req("*/*"), &id));
+    }
+
+    #[test]
+    fn accept_is_parsed_not_split() {
+        let id = ModelId([0xab; 16]);
+        let hex = id.to_hex();
+        // a quoted comma or semicolon is data
+        let r = parse_accept(r#"text/html;x="a,b;c", image/png;q=0.5"#);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].params, vec![("x".to_string(), "a,b;c".to_string())]);
+        assert_eq!(r[1].q, Some(0.5));
+        // q over 1, or with four decimals, or garbage: the range is dropped
+        for bad in ["q=1.5", "q=2", "q=0.1234", "q=abc", "q=-1"] {
+            assert!(
+                !accepts_latent(&req(&format!("{MIME}; model={hex}; {bad}")), &id),
+                "{bad}"
+            );
+        }
+        assert!(accepts_latent(
+            &req(&format!("{MIME}; model={hex}; q=1.000")),
+            &id
+        ));
+        // a model id hidden in another parameter's quoted value is not one
+        assert!(!accepts_latent(
+            &req(&format!("{MIME}; x=\"; model={hex}\"")),
+            &id
+        ));
+        assert!(accepts_latent(
+            &req(&format!("{MIME}; x=\"a\\\"b\"; model={hex}")),
+            &id
+        ));
+        // parameters after q are extensions, not the model
+        assert!(!accepts_latent(
+            &req(&format!("{MIME}; q=1; model={hex}")),
+            &id
+        ));
+        assert!(parse_accept("nonsense, , /").is_empty());
     }
 
     #[test]

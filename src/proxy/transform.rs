@@ -27,6 +27,9 @@ pub enum Guard {
     NoTransform,
     /// The model pool was full; the image passed through unencoded.
     PoolFull,
+    /// Labelled `image/*` but not a format this build decodes (AVIF, SVG,
+    /// BMP, ...): passed through as it came.
+    Unsupported,
 }
 
 impl Guard {
@@ -40,6 +43,7 @@ impl Guard {
             Guard::LowPsnr => "low_psnr",
             Guard::NoTransform => "no_transform",
             Guard::PoolFull => "pool_full",
+            Guard::Unsupported => "unsupported_format",
         }
     }
 }

@@ -90,14 +90,23 @@ impl OriginClient {
     }
 
     /// Sends `req` and waits for the response head, within the header timeout.
+    /// The client gets a short reason; the cause (DNS, refused, reset, ...)
+    /// goes to the log at `warn`, since it names internal hosts and addresses.
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, HttpError> {
+        let origin = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
-            Err(_) => Err(HttpError::GatewayTimeout(format!(
-                "origin sent no response within {} ms",
-                self.header_timeout.as_millis()
-            ))),
+            Err(_) => {
+                tracing::warn!(origin, "origin sent no response head in time");
+                Err(HttpError::GatewayTimeout(format!(
+                    "origin sent no response within {} ms",
+                    self.header_timeout.as_millis()
+                )))
+            }
             Ok(Err(e)) => {
-                let chain = error_chain(&e);
                 // The client's own body failed (malformed chunking, a stall):
                 // the client's fault, not the origin's.
                 if let Some(cb) = find_source::<ClientBodyError>(&e) {
@@ -107,20 +116,17 @@ impl OriginClient {
                         HttpError::BadRequest(format!("request body: {}", cb.0))
                     });
                 }
-                if e.is_connect()
-                    && find_source::<std::io::Error>(&e)
-                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                {
-                    Err(HttpError::GatewayTimeout(format!(
-                        "connecting to origin timed out: {chain}"
-                    )))
+                let cause = error_chain(&e);
+                tracing::warn!(origin, cause, "origin request failed");
+                let timed_out = find_source::<std::io::Error>(&e)
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                Err(if e.is_connect() && timed_out {
+                    HttpError::GatewayTimeout("connecting to the origin timed out".into())
                 } else if e.is_connect() {
-                    Err(HttpError::BadGateway(format!(
-                        "cannot connect to origin: {chain}"
-                    )))
+                    HttpError::BadGateway("cannot connect to origin".into())
                 } else {
-                    Err(HttpError::BadGateway(format!("origin failed: {chain}")))
-                }
+                    HttpError::BadGateway("origin failed to answer".into())
+                })
             }
             Ok(Ok(r)) => Ok(r),
         }
