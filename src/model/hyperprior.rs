@@ -80,7 +80,7 @@ impl Config {
             zc: get("zc")?,
             levels: get("levels")?,
         };
-        if cfg.c1 < 2 || cfg.c1 % 2 != 0 {
+        if cfg.c1 < 2 || !cfg.c1.is_multiple_of(2) {
             return Err("config entry c1 must be even".into());
         }
         Ok(cfg)

@@ -14,8 +14,10 @@
 //! side; with it, one frame, which is negotiated like a cached image: a
 //! latent-capable client gets the frame's latent code.
 
+use super::headers::request_host;
+use super::respond::not_modified;
 use super::upstream::{empty, full, ProxyBody};
-use super::{error_response, negotiate, not_modified, request_host, Proxy};
+use super::{error_response, negotiate, Proxy};
 use crate::cache::freshness;
 use crate::cache::key::PrimaryKey;
 use crate::cache::{self, Body as Stored};
