@@ -3,12 +3,13 @@
 initialised codec v2 network (scripts/train_codec.py's architecture, narrow
 widths), an input and PyTorch's outputs of every transform, so `cargo test`
 checks that candle computes the same forward passes from the same tensor
-names without PyTorch installed."""
+names without PyTorch installed; with the entropy tables `--export` writes,
+so the v2 coder round-trips on it too."""
 import os, sys
 import torch
 from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(__file__))
-from train_codec import Codec
+from train_codec import Codec, entropy_tensors
 
 torch.manual_seed(0)
 m = Codec(c=8, n=8, zc=4, levels=3, c1=8, c2=8, c3=16).eval()
@@ -28,6 +29,7 @@ with torch.no_grad():
     mean, log_scale = m.hyper_dec(torch.round(z))
     x_hat = m.dec(y)
 t = {k: v.contiguous() for k, v in m.state_dict().items() if not k.startswith("z_prior.")}
+t.update(entropy_tensors(m))  # the coder's integer tables, as --export writes them
 t.update({"test.x": x, "test.y": y.contiguous(), "test.z": z.contiguous(), "test.mean": mean.contiguous(),
           "test.log_scale": log_scale.contiguous(), "test.x_hat": x_hat.contiguous()})
 meta = {"vaeproxy.config": ",".join(f"{k}={v}" for k, v in m.cfg.items())}

@@ -359,10 +359,82 @@ def init_from_v1(model, path):
     print(f"initialised {copied} tensors from {path}")
 
 
+# The coder's view of the entropy model: integer tables, so encoder and
+# decoder agree bit for bit on every platform. The decoder never evaluates a
+# CDF; it only computes which table to use (`scale_index`).
+PRECISION = 24  # constriction's default: probabilities sum to 2^24
+SCALES = 64
+SCALE_MAX = 256.0
+TAIL = 1e-9  # probability mass left to the escape symbol, per table
+
+
+def fixed_point(p):
+    """Float probabilities (summing to 1) -> positive integers summing to 2^PRECISION."""
+    total = 1 << PRECISION
+    q = np.maximum(np.floor(p * (total - len(p))).astype(np.int64), 0) + 1
+    q[np.argmax(q)] += total - q.sum()
+    assert q.min() >= 1 and q.sum() == total
+    return q
+
+
+def tables_gaussian():
+    log_s = np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALES)
+    pmfs, radius = [], []
+    for ls in log_s:
+        s = math.exp(ls)
+        r = max(1, math.ceil(s * 6.2))
+        k = torch.arange(-r, r + 1, dtype=torch.float64)
+        cdf = lambda v: 0.5 * torch.erfc(-v / (s * math.sqrt(2)))
+        p = (cdf(k + 0.5) - cdf(k - 0.5)).numpy()
+        p = np.append(p, max(0.0, 1.0 - p.sum()))
+        pmfs.append(fixed_point(p / p.sum()))
+        radius.append(r)
+    return log_s, pmfs, radius
+
+
+def tables_z(model):
+    """Per channel of z, the learned factorized density on -R..R, then an escape."""
+    prior = model.z_prior
+    c = prior.bias0.shape[0]
+    pmfs, radius = [], []
+    with torch.no_grad():
+        for ch in range(c):
+            # widen until the tails hold less than TAIL
+            r = 8
+            while True:
+                k = torch.arange(-r, r + 1, dtype=torch.float32)
+                v = k.view(1, 1, -1).repeat(c, 1, 1)
+                lo = torch.sigmoid(prior.logits_cdf(v - 0.5))[ch, 0].double()
+                hi = torch.sigmoid(prior.logits_cdf(v + 0.5))[ch, 0].double()
+                tail = lo[0].item() + 1 - hi[-1].item()
+                if tail < TAIL or r >= 512:
+                    break
+                r *= 2
+            p = (hi - lo).clamp_min(0).numpy()
+            p = np.append(p, max(0.0, 1.0 - p.sum()))
+            pmfs.append(fixed_point(p / p.sum()))
+            radius.append(r)
+    return pmfs, radius
+
+
+def entropy_tensors(model):
+    log_s, gp, gr = tables_gaussian()
+    zp, zr = tables_z(model)
+    flat = lambda pmfs: torch.from_numpy(np.concatenate(pmfs).astype(np.int64)).to(torch.int64)
+    return {
+        "entropy.log_scales": torch.tensor(log_s, dtype=torch.float32),
+        "entropy.gauss_radius": torch.tensor(gr, dtype=torch.int64),
+        "entropy.gauss_pmf": flat(gp),
+        "entropy.z_radius": torch.tensor(zr, dtype=torch.int64),
+        "entropy.z_pmf": flat(zp),
+    }
+
+
 def export(model, path):
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("z_prior.")}
+    sd.update(entropy_tensors(model))
     meta = {"vaeproxy.config": ",".join(f"{k}={v}" for k, v in model.cfg.items()), "vaeproxy.lambdas": ",".join(f"{l:.6g}" for l in LAMBDAS)}
     tmp = path + ".tmp"
     save_file(sd, tmp, metadata=meta)

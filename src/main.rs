@@ -75,6 +75,15 @@ enum Cmd {
         #[arg(long)]
         save: Option<PathBuf>,
     },
+    /// Codec v2 (in training): every level of an exported network on a
+    /// directory of images, with real coded sizes (ANS words + a 16-byte header).
+    EvalV2 {
+        /// From `scripts/train_codec.py --export`.
+        #[arg(long)]
+        network: PathBuf,
+        #[arg(long)]
+        images: PathBuf,
+    },
     /// Train the VAE on a directory of photos (never Kodak), then calibrate it.
     Train {
         #[arg(long)]
@@ -367,6 +376,7 @@ fn run(cli: Cli) -> Result<(), String> {
             csv.as_deref(),
             save.as_deref(),
         ),
+        Cmd::EvalV2 { network, images } => eval_v2(&network, &images),
         Cmd::Train {
             data,
             val,
@@ -498,6 +508,64 @@ fn train_cmd(
             Ok(())
         }
     }
+}
+
+fn eval_v2(network: &Path, dir: &Path) -> Result<(), String> {
+    use vaeproxy::codec::hyperprior::HyperCodec;
+    let codec = HyperCodec::from_safetensors(&read_file(network)?)
+        .map_err(|e| format!("{}: {e}", network.display()))?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{}: no images", dir.display()));
+    }
+    let images = files
+        .iter()
+        .map(|f| {
+            codec::read_image(&read_file(f)?, codec::DEFAULT_MAX_PIXELS)
+                .map_err(|e| format!("{}: {e}", f.display()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    println!(
+        "level  bpp     psnr   ms_ssim  enc_ms  dec_ms   ({} images)",
+        images.len()
+    );
+    for level in 0..codec.levels() {
+        let mut sum = [0f64; 5];
+        for img in &images {
+            let t = Instant::now();
+            let (coded, _) = codec.encode(img, level).map_err(|e| e.to_string())?;
+            let enc = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let out = codec.decode(&coded).map_err(|e| e.to_string())?;
+            let dec = t.elapsed().as_secs_f64() * 1e3;
+            let bytes = coded.words.len() * 4 + 16;
+            let px = img.width() as f64 * img.height() as f64;
+            for (s, v) in sum.iter_mut().zip([
+                bytes as f64 * 8.0 / px,
+                codec::quality::psnr(img, &out),
+                codec::quality::ms_ssim(img, &out),
+                enc,
+                dec,
+            ]) {
+                *s += v / images.len() as f64;
+            }
+        }
+        println!(
+            "{:>5}  {:.4}  {:.2}  {:.4}  {:>6.0}  {:>6.0}",
+            level + 1,
+            sum[0],
+            sum[1],
+            sum[2],
+            sum[3],
+            sum[4]
+        );
+    }
+    Ok(())
 }
 
 fn eval(

@@ -262,3 +262,34 @@ fn sighup_does_not_kill_the_proxy() {
         .success());
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn eval_v2_reports_every_level() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("tests/data/canyon.jpg", dir.path().join("canyon.jpg")).unwrap();
+    let out = bin()
+        .args([
+            "eval-v2",
+            "--network",
+            "tests/data/hyperprior-parity.safetensors",
+            "--images",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // the header and one line per level of the fixture network (3)
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    let bad = bin()
+        .args(["eval-v2", "--network", "tests/data/canyon.jpg", "--images"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("canyon.jpg"));
+}

@@ -7,6 +7,8 @@
 
 pub mod calibrate;
 pub mod entropy;
+pub mod gaussian;
+pub mod hyperprior;
 #[cfg(feature = "server")]
 pub mod pool;
 pub mod quality;
