@@ -99,6 +99,11 @@ fn bench_v2(c: &mut Criterion) {
     g.bench_function("hyper_synthesis", |b| {
         b.iter(|| p.install(|| m.hyper_synthesis.forward(black_box(&z)).unwrap()))
     });
+    let (zh, zw) = (z.dim(2).unwrap(), z.dim(3).unwrap());
+    let zv = z.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    g.bench_function("exact_hyper_synthesis", |b| {
+        b.iter(|| m.exact_hyper_synthesis.forward(black_box(&zv), zh, zw))
+    });
     g.bench_function("synthesis", |b| {
         b.iter(|| p.install(|| m.synthesis.forward(black_box(&y)).unwrap()))
     });

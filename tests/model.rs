@@ -60,6 +60,20 @@ fn hyperprior_forward_matches_pytorch() {
         max_diff(&log_scale, &t["test.log_scale"]) < 1e-4,
         "log-scale differs"
     );
+    // the fixed-order hyper decoder the coder uses agrees with PyTorch too
+    let zr = t["test.z"].round().unwrap();
+    let (zh, zw) = (zr.dim(2).unwrap(), zr.dim(3).unwrap());
+    let zv = zr.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (em, el) = m.exact_hyper_synthesis.forward(&zv, zh, zw);
+    let as_t = |v: Vec<f32>| Tensor::from_vec(v, mean.shape(), &Device::Cpu).unwrap();
+    assert!(
+        max_diff(&as_t(em), &t["test.mean"]) < 1e-4,
+        "exact mean differs"
+    );
+    assert!(
+        max_diff(&as_t(el), &t["test.log_scale"]) < 1e-4,
+        "exact log-scale differs"
+    );
     let x_hat = m.synthesis.forward(&t["test.y"]).unwrap();
     assert!(max_diff(&x_hat, &t["test.x_hat"]) < 1e-4, "image differs");
     let (g, _) = m.gains(1).unwrap();

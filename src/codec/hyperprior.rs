@@ -10,11 +10,10 @@
 //! Decode: `z` first, the hyper decoder again, then each symbol with the same
 //! table index; `y_hat = (q + g_l * mean) * g'_l` goes to the synthesis.
 //!
-//! Not wired into the wire format or the proxy yet (the model is still
-//! training). One known gap before it may ship across platforms: the scale
-//! path of the hyper decoder runs on candle, whose summation order may differ
-//! between x86-64 and wasm32; it must become a fixed-order computation so the
-//! table index is identical everywhere (issue 20, item 2).
+//! The hyper decoder runs in its fixed-order form
+//! ([`crate::model::hyperprior::ExactHyperSynthesis`]), so the table index of
+//! every element is the same bits on every platform. Not wired into the wire
+//! format or the proxy yet: the model is still training.
 
 use super::gaussian::{ScaleIndex, Tables};
 use super::{crop, image_to_tensor, tensor_to_image};
@@ -106,13 +105,12 @@ impl HyperCodec {
         let x = image_to_tensor(img, Z_DOWNSCALE).unsqueeze(0)?;
         let y = self.net.analysis.forward(&x)?;
         let z = self.net.hyper_analysis.forward(&y)?.round()?;
-        let (mean, log_scale) = self.net.hyper_synthesis.forward(&z)?;
+        let zs = z.flatten_all()?.to_vec1::<f32>()?;
+        let (mean, ls) = self.hyper(&zs, z.dim(2)?, z.dim(3)?)?;
         let (g, _) = self.net.gains(level)?;
         let q = ((y.broadcast_mul(&g)? - mean.broadcast_mul(&g)?)?).round()?;
         let (c, h, w) = q.squeeze(0)?.dims3()?;
         let qs = q.flatten_all()?.to_vec1::<f32>()?;
-        let ls = log_scale.flatten_all()?.to_vec1::<f32>()?;
-        let zs = z.flatten_all()?.to_vec1::<f32>()?;
         let zn = zs.len() / self.net.config.zc;
         let mut coder = DefaultAnsCoder::new();
         // ANS pops in reverse push order: y last-to-first, then z likewise.
@@ -165,9 +163,7 @@ impl HyperCodec {
         for i in 0..cfg.zc * zn {
             zs.push(self.z_tables.decode(&mut coder, i / zn)? as f32);
         }
-        let z = Tensor::from_vec(zs, (1, cfg.zc, zh, zw), &Device::Cpu)?;
-        let (mean, log_scale) = self.net.hyper_synthesis.forward(&z)?;
-        let ls = log_scale.flatten_all()?.to_vec1::<f32>()?;
+        let (mean, ls) = self.hyper(&zs, zh, zw)?;
         let yn = yh * yw;
         let mut qs = Vec::with_capacity(cfg.c * yn);
         for (i, &l) in ls.iter().enumerate() {
@@ -183,6 +179,14 @@ impl HyperCodec {
         }
         let q = Tensor::from_vec(qs, (1, cfg.c, yh, yw), &Device::Cpu)?;
         self.synthesize(&q, &mean, level, width, height)
+    }
+
+    /// The hyper decoder in its fixed-order form: the mean as a tensor for
+    /// the synthesis, the log-scales as the exact values the indices use.
+    fn hyper(&self, z: &[f32], h: usize, w: usize) -> Result<(Tensor, Vec<f32>)> {
+        let (mean, ls) = self.net.exact_hyper_synthesis.forward(z, h, w);
+        let mean = Tensor::from_vec(mean, (1, self.net.config.c, 4 * h, 4 * w), &Device::Cpu)?;
+        Ok((mean, ls))
     }
 
     fn synthesize(

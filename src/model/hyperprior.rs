@@ -252,6 +252,137 @@ impl HyperSynthesis {
     }
 }
 
+/// One convolution's weights for [`ExactHyperSynthesis`], laid out
+/// `[ci][ky][kx][co]` so the innermost loop runs over output channels.
+#[derive(Debug, Clone)]
+struct ExactConv {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    cin: usize,
+    cout: usize,
+    k: usize,
+}
+
+impl ExactConv {
+    fn new(vb: &VarBuilder, cin: usize, cout: usize, k: usize) -> Result<Self> {
+        let w = vb.get((cout, cin, k, k), "weight")?;
+        let b = vb.get(cout, "bias")?.to_vec1::<f32>()?;
+        let w = w.permute((1, 2, 3, 0))?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self { w, b, cin, cout, k })
+    }
+
+    /// `x`: `[cin][h][w]` -> `[cout][h][w]`, "same" padding. Each output is
+    /// the bias plus the products over the in-bounds taps in (ci, ky, kx)
+    /// order, each a separate IEEE multiply and add: the same bits on every
+    /// machine. The loop over output channels carries no dependency between
+    /// lanes, so the compiler may vectorise it without reordering any sum.
+    fn forward(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let (k, p, co) = (self.k, self.k / 2, self.cout);
+        let mut out = vec![0f32; co * h * w];
+        let mut acc = vec![0f32; co];
+        for y in 0..h {
+            for xx in 0..w {
+                acc.copy_from_slice(&self.b);
+                for ci in 0..self.cin {
+                    let plane = &x[ci * h * w..(ci + 1) * h * w];
+                    for ky in 0..k {
+                        let Some(sy) = (y + ky).checked_sub(p).filter(|v| *v < h) else {
+                            continue;
+                        };
+                        for kx in 0..k {
+                            let Some(sx) = (xx + kx).checked_sub(p).filter(|v| *v < w) else {
+                                continue;
+                            };
+                            let v = plane[sy * w + sx];
+                            let taps = &self.w[((ci * k + ky) * k + kx) * co..][..co];
+                            for (a, t) in acc.iter_mut().zip(taps) {
+                                *a += *t * v;
+                            }
+                        }
+                    }
+                }
+                for (c, a) in acc.iter().enumerate() {
+                    out[(c * h + y) * w + xx] = *a;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn relu(v: &mut [f32]) {
+    for x in v {
+        *x = x.max(0.0);
+    }
+}
+
+/// Depth-to-space by 2 of `[4c][h][w]` (channel `4c' + 2i + j` goes to
+/// pixel `(2y + i, 2x + j)` of channel `c'`, as `pixel_shuffle`).
+fn depth_to_space(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for ch in 0..c {
+        for i in 0..2 {
+            for j in 0..2 {
+                let src = &x[(ch * 4 + i * 2 + j) * h * w..][..h * w];
+                for y in 0..h {
+                    for xx in 0..w {
+                        out[(ch * 2 * h + 2 * y + i) * 2 * w + 2 * xx + j] = src[y * w + xx];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`HyperSynthesis`] computed in a fixed order in plain f32 (see
+/// [`ExactConv::forward`]): what picks each element's probability table must
+/// come out bit-identical in the encoder and in every decoder (x86-64, arm64,
+/// wasm32), or one flipped table index garbles the rest of the stream.
+/// candle's kernels may sum in other orders on other targets; this may not.
+/// `z` is 1/64 of the image, so the cost is small next to the synthesis.
+#[derive(Debug, Clone)]
+pub struct ExactHyperSynthesis {
+    conv0: ExactConv,
+    up1: ExactConv,
+    conv1: ExactConv,
+    up2: ExactConv,
+    conv2: ExactConv,
+    n: usize,
+    c: usize,
+}
+
+impl ExactHyperSynthesis {
+    pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        Ok(Self {
+            conv0: ExactConv::new(&vb.pp("conv0"), cfg.zc, cfg.n, 3)?,
+            up1: ExactConv::new(&vb.pp("up1"), cfg.n, 4 * cfg.n, 1)?,
+            conv1: ExactConv::new(&vb.pp("conv1"), cfg.n, cfg.n, 3)?,
+            up2: ExactConv::new(&vb.pp("up2"), cfg.n, 4 * cfg.n, 1)?,
+            conv2: ExactConv::new(&vb.pp("conv2"), cfg.n, 2 * cfg.c, 3)?,
+            n: cfg.n,
+            c: cfg.c,
+        })
+    }
+
+    /// `z`: `[zc][h][w]` (rounded) -> `(mean, log_scale)`, each `[c][4h][4w]`.
+    pub fn forward(&self, z: &[f32], h: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut t = self.conv0.forward(z, h, w);
+        relu(&mut t);
+        let mut t = depth_to_space(&self.up1.forward(&t, h, w), self.n, h, w);
+        relu(&mut t);
+        let (h, w) = (2 * h, 2 * w);
+        let mut t = self.conv1.forward(&t, h, w);
+        relu(&mut t);
+        let mut t = depth_to_space(&self.up2.forward(&t, h, w), self.n, h, w);
+        relu(&mut t);
+        let (h, w) = (2 * h, 2 * w);
+        let mut p = self.conv2.forward(&t, h, w);
+        let log_scale = p.split_off(self.c * h * w);
+        (p, log_scale)
+    }
+}
+
 /// The whole network.
 #[derive(Debug, Clone)]
 pub struct Hyperprior {
@@ -259,6 +390,8 @@ pub struct Hyperprior {
     pub synthesis: Synthesis,
     pub hyper_analysis: HyperAnalysis,
     pub hyper_synthesis: HyperSynthesis,
+    /// The same transform in a fixed order, for the coder's table indices.
+    pub exact_hyper_synthesis: ExactHyperSynthesis,
     /// Log-gains `[levels, C]`: `y * exp(gain_enc[l])` is what gets rounded.
     gain_enc: Tensor,
     /// Log-gains `[levels, C]` applied to the rounded latent before synthesis.
@@ -276,6 +409,7 @@ impl Hyperprior {
             synthesis: Synthesis::new(vb.pp("dec"), &config)?,
             hyper_analysis: HyperAnalysis::new(vb.pp("hyper_enc"), &config)?,
             hyper_synthesis: HyperSynthesis::new(vb.pp("hyper_dec"), &config)?,
+            exact_hyper_synthesis: ExactHyperSynthesis::new(vb.pp("hyper_dec"), &config)?,
             gain_enc: vb.get(gains, "gain_enc")?,
             gain_dec: vb.get(gains, "gain_dec")?,
             config,
@@ -334,6 +468,16 @@ mod tests {
         assert_eq!(log_scale.dims(), y.dims());
         assert_eq!(m.synthesis.forward(&y).unwrap().dims(), x.dims());
         assert!(m.gains(3).is_err());
+        // the fixed-order path agrees with candle's
+        let zr = z.round().unwrap();
+        let (h, w) = (zr.dim(2).unwrap(), zr.dim(3).unwrap());
+        let zv = zr.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (em, el) = m.exact_hyper_synthesis.forward(&zv, h, w);
+        let close = |a: &[f32], b: &Tensor| {
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4)
+        };
+        assert!(close(&em, &mean) && close(&el, &log_scale));
         assert_eq!(m.gains(2).unwrap().0.dims(), &[1, 8, 1, 1]);
     }
 
