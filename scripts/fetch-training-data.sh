@@ -21,8 +21,9 @@ packages=(endless-sky-high-dpi mate-backgrounds plasma-workspace-wallpapers lomi
 # Plasma ships each wallpaper at many sizes; these are the photographs among them.
 plasma_photos=(Autumn BytheWater ColdRipple ColorfulCups DarkestHour EveningGlow FallenLeaf Grey Kite OneStandsOut Path summer_1am)
 # scikit-image's colour photographs (its data/README.txt gives each one's
-# licence: public domain or CC0); the rest are greyscale, textures or test charts.
-skimage_photos=(astronaut.png chelsea.png coffee.png motorcycle_left.png rocket.jpg)
+# licence: public domain or CC0); the rest are greyscale, textures, test charts,
+# or (the Middlebury stereo pair) under research-only terms.
+skimage_photos=(astronaut.png chelsea.png coffee.png rocket.jpg)
 
 python3 -c 'import PIL' 2>/dev/null || python3 -m pip install -q pillow
 
@@ -36,7 +37,8 @@ for p in "${packages[@]}"; do
   dpkg-deb -x "$deb" "$work/$p"
   cp "$work/$p/usr/share/doc/$p/copyright" "$out/licenses/$p.copyright"
   if [ "$p" = python3-skimage ]; then
-    cp "$work/$p/usr/lib/python3/dist-packages/skimage/data/README.txt" "$out/licenses/$p.data-README.txt"
+    # each data image's licence is in its loader's docstring
+    cp "$work/$p/usr/lib/python3/dist-packages/skimage/data/_fetchers.py" "$out/licenses/$p.data-licences.py"
   fi
   case "$p" in
     endless-sky-high-dpi)
