@@ -43,11 +43,12 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     st = torch.load(a.ckpt, map_location="cpu", weights_only=False)
-    m = Codec()
+    m = Codec(**{k: v for k, v in st.get("cfg", {}).items() if k != "levels"})
     m.load_state_dict(st["model"])
     m.eval()
     files = sorted(glob.glob(os.path.join(a.images, "*.png")))
     levels = m.cfg["levels"]
+    ceiling = []  # PSNR of the top level's transform pair without rounding
     bpp = np.zeros((levels, len(files)))
     psnr = np.zeros((levels, len(files)))
     with torch.no_grad():
@@ -56,6 +57,9 @@ def main():
             _, _, h, w = x.shape
             ph, pw = (-h) % 64, (-w) % 64
             xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+            g = torch.exp(m.gain_enc[levels - 1] + m.gain_dec[levels - 1])[None, :, None, None]
+            xu = m.dec(m.enc(xp) * g)[..., :h, :w].clamp(0, 1)
+            ceiling.append(10 * math.log10(1 / ((xu - x) ** 2).mean().item()))
             for l in range(levels):
                 x_hat, yb, zb = m(xp, torch.tensor([l]), noisy=False)
                 out = (x_hat[..., :h, :w].clamp(0, 1) * 255).round() / 255
@@ -70,6 +74,7 @@ def main():
     for l in range(levels):
         b, p = bpp[l].mean(), psnr[l].mean()
         print(f"| {l + 1} | {b:.3f} | {p:.2f} | {interp(webp, b):.2f} | {interp(avif, b):.2f} |")
+    print(f"transform ceiling (top level's gains, no rounding): {np.mean(ceiling):.2f} dB")
 
 
 if __name__ == "__main__":

@@ -461,16 +461,26 @@ def main():
     ap.add_argument("--export", help="write the network from the checkpoint as safetensors and exit")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (measured 1.2x on this CPU)")
+    ap.add_argument("--widths", help="c1,c2,c3,c of a fresh run (an experiment); a resumed run keeps its checkpoint's")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    model = Codec().to(dev)
+    resume = os.path.exists(a.ckpt) and not a.fresh
+    st = torch.load(a.ckpt, map_location=dev, weights_only=False) if resume else None
+    if st is not None:
+        # the checkpoint says what it is (older ones: the default widths)
+        cfg = {k: v for k, v in st.get("cfg", {}).items() if k != "levels"}
+    elif a.widths:
+        c1, c2, c3, c = (int(v) for v in a.widths.split(","))
+        cfg = dict(c1=c1, c2=c2, c3=c3, c=c)
+    else:
+        cfg = {}
+    model = Codec(**cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     rng = random.Random(a.seed)
     torch.manual_seed(a.seed)
     step = 0
-    if os.path.exists(a.ckpt) and not a.fresh:
-        st = torch.load(a.ckpt, map_location=dev, weights_only=False)
+    if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
@@ -479,7 +489,7 @@ def main():
         print(f"resumed {a.ckpt} at step {step}", flush=True)
     elif a.export:
         sys.exit(f"no checkpoint at {a.ckpt}")
-    elif a.init_v1 and os.path.exists(a.init_v1):
+    elif a.init_v1 and os.path.exists(a.init_v1) and not a.widths:
         init_from_v1(model, a.init_v1)
     if a.export:
         export(model, a.export)
@@ -503,7 +513,7 @@ def main():
 
     def save():
         tmp = a.ckpt + ".tmp"
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "args": vars(a), "lambdas": LAMBDAS}, tmp)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "args": vars(a), "lambdas": LAMBDAS, "cfg": model.cfg}, tmp)
         os.replace(tmp, a.ckpt)
         print(f"checkpoint at step {step}", flush=True)
 
