@@ -57,111 +57,105 @@ pub struct Metrics {
     pub derived_generated: IntCounterVec,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Registers `c` in `registry` and hands it back: the one place a metric can
+/// fail to register (a duplicate name, a bad label), as an error, not a panic.
+fn register<C>(registry: &Registry, c: C) -> prometheus::Result<C>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::with_opts(Opts::new(name, help).namespace("vaeproxy")).unwrap();
-            registry.register(Box::new(c.clone())).unwrap();
-            c
-        };
+        let ns = |name: &str, help: &str| Opts::new(name, help).namespace("vaeproxy");
+        let counter =
+            |name: &str, help: &str| register(&registry, IntCounter::with_opts(ns(name, help))?);
         let counter_vec = |name: &str, help: &str, label: &str| {
-            let c =
-                IntCounterVec::new(Opts::new(name, help).namespace("vaeproxy"), &[label]).unwrap();
-            registry.register(Box::new(c.clone())).unwrap();
-            c
+            register(&registry, IntCounterVec::new(ns(name, help), &[label])?)
         };
         let gauge_vec = |name: &str, help: &str| {
-            let g =
-                IntGaugeVec::new(Opts::new(name, help).namespace("vaeproxy"), &["tier"]).unwrap();
-            registry.register(Box::new(g.clone())).unwrap();
-            g
+            register(&registry, IntGaugeVec::new(ns(name, help), &["tier"])?)
         };
         let requests = counter_vec(
             "requests_total",
             "Client requests by cache outcome",
             "outcome",
-        );
-        let lookups = counter_vec("cache_lookups_total", "Cache lookups by result", "result");
+        )?;
+        let lookups = counter_vec("cache_lookups_total", "Cache lookups by result", "result")?;
         let guards = counter_vec(
             "guard_total",
             "Images kept as original bytes, by reason",
             "reason",
-        );
-        let encode_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "encode_seconds",
-                "Encode job duration on a pool thread, queue wait excluded",
-            )
-            .namespace("vaeproxy")
-            .buckets(vec![
-                0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6,
-            ]),
-        )
-        .unwrap();
-        registry.register(Box::new(encode_seconds.clone())).unwrap();
-        let pool_queue_depth = IntGauge::with_opts(
-            Opts::new("pool_queue_depth", "Model jobs waiting for a thread").namespace("vaeproxy"),
-        )
-        .unwrap();
-        registry
-            .register(Box::new(pool_queue_depth.clone()))
-            .unwrap();
+        )?;
+        let encode_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "encode_seconds",
+                    "Encode job duration on a pool thread, queue wait excluded",
+                )
+                .namespace("vaeproxy")
+                .buckets(vec![
+                    0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6,
+                ]),
+            )?,
+        )?;
+        let pool_queue_depth = register(
+            &registry,
+            IntGauge::with_opts(ns("pool_queue_depth", "Model jobs waiting for a thread"))?,
+        )?;
         let derived_generated = counter_vec(
             "derived_generated_total",
             "Variations, interpolations and posteriors generated (cache fills, not hits)",
             "kind",
-        );
-        Metrics {
+        )?;
+        Ok(Metrics {
             requests,
             lookups,
-            origin_requests: counter("origin_requests_total", "Requests sent to origins"),
-            origin_bytes: counter("origin_bytes_total", "Body bytes received from origins"),
-            client_bytes: counter("client_bytes_total", "Body bytes sent to clients"),
+            origin_requests: counter("origin_requests_total", "Requests sent to origins")?,
+            origin_bytes: counter("origin_bytes_total", "Body bytes received from origins")?,
+            client_bytes: counter("client_bytes_total", "Body bytes sent to clients")?,
             request_bytes: counter(
                 "request_bytes_total",
                 "Request body bytes relayed to origins",
-            ),
+            )?,
             latent_bytes_saved: counter(
                 "latent_bytes_saved_total",
                 "Original minus latent bytes over latent responses",
-            ),
-            encodes: counter("encodes_total", "Images encoded by the model"),
+            )?,
+            encodes: counter("encodes_total", "Images encoded by the model")?,
             encodes_reused: counter(
                 "encodes_reused_total",
                 "Encodes skipped: the same original bytes were encoded before",
-            ),
+            )?,
             budget_exhausted: counter(
                 "buffer_budget_exhausted_total",
                 "Responses streamed uncached because the buffer budget was spent",
-            ),
+            )?,
             client_write_timeouts: counter(
                 "client_write_timeouts_total",
                 "Client connections closed for taking no response bytes in time",
-            ),
-            decodes: counter("decodes_total", "Latents decoded by the model"),
+            )?,
+            decodes: counter("decodes_total", "Latents decoded by the model")?,
             guards,
             encode_seconds,
             pool_queue_depth,
-            cache_entries: gauge_vec("cache_entries", "Entries per cache tier"),
-            cache_bytes: gauge_vec("cache_weighted_bytes", "Weighted bytes per cache tier"),
+            cache_entries: gauge_vec("cache_entries", "Entries per cache tier")?,
+            cache_bytes: gauge_vec("cache_weighted_bytes", "Weighted bytes per cache tier")?,
             original_refetches: counter(
                 "original_refetches_total",
                 "Originals refetched from the origin for ordinary clients",
-            ),
+            )?,
             samples_generated: counter(
                 "samples_generated_total",
                 "Images sampled from the prior and stored",
-            ),
+            )?,
             derived_generated,
             registry,
-        }
+        })
     }
 
     /// The Prometheus text exposition.
@@ -180,7 +174,7 @@ mod tests {
 
     #[test]
     fn renders_text_format() {
-        let m = Metrics::new();
+        let m = Metrics::new().unwrap();
         m.requests.with_label_values(&["hit"]).inc();
         m.encode_seconds.observe(0.3);
         let text = m.render();

@@ -97,7 +97,8 @@ pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown:
 /// Builds the proxy for `cfg`: the model pool, the metrics, and the demo
 /// origin when a route names it.
 pub async fn build(cfg: crate::config::Config, codec: Arc<crate::Codec>) -> Result<Proxy, String> {
-    let metrics = crate::metrics::Metrics::new();
+    let metrics =
+        crate::metrics::Metrics::new().map_err(|e| format!("registering the metrics: {e}"))?;
     let pool = crate::codec::pool::Pool::new(
         codec,
         cfg.codec.pool_threads,

@@ -83,6 +83,19 @@ impl Entry {
         }
     }
 
+    /// This entry with a 304's merged headers and new freshness (RFC 9111
+    /// 4.3.4): the same id, so the originals tier keeps its original.
+    pub fn freshened(&self, headers: HeaderMap, freshness: Freshness) -> Entry {
+        Entry {
+            id: self.id,
+            status: self.status,
+            headers,
+            body: self.body.clone(),
+            freshness,
+            vary: self.vary.clone(),
+        }
+    }
+
     /// Whether this variant was stored for a request like `req`.
     pub fn matches(&self, req: &HeaderMap) -> bool {
         self.vary

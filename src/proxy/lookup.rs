@@ -284,18 +284,10 @@ impl Proxy {
         if status != StatusCode::OK || !inner.cfg.codec.enabled {
             return (Stored::Plain(bytes), None);
         }
-        if transform::sniff(&bytes).is_none() {
-            let labelled_image = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("image/"));
-            if labelled_image {
-                return keep(Guard::Unsupported, bytes);
-            }
-            return (Stored::Plain(bytes), None);
-        }
-        if freshness::directives(headers).no_transform {
-            return keep(Guard::NoTransform, bytes);
+        match transform::precheck(headers, &bytes) {
+            transform::Precheck::NotAnImage => return (Stored::Plain(bytes), None),
+            transform::Precheck::Keep(g) => return keep(g, bytes),
+            transform::Precheck::Encode => {}
         }
         let digest = Memo::digest(&bytes).await;
         if let Some(t) = inner.memo.get(&digest).await {
@@ -382,13 +374,6 @@ impl Proxy {
             response_time,
             self.inner.heuristic,
         );
-        Arc::new(Entry {
-            id: e.id,
-            status: e.status,
-            headers,
-            body: e.body.clone(),
-            freshness: f,
-            vary: e.vary.clone(),
-        })
+        Arc::new(e.freshened(headers, f))
     }
 }

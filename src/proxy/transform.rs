@@ -115,6 +115,38 @@ pub fn sniff(body: &[u8]) -> Option<ImageFormat> {
     }
 }
 
+/// What the cheap checks on the async side decide, before any model work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precheck {
+    /// Not an image at all: stored as it is, no guard counted.
+    NotAnImage,
+    /// An image kept as it came, for this reason.
+    Keep(Guard),
+    /// Worth a job on the model pool ([`transform`] checks the rest).
+    Encode,
+}
+
+/// The guards that need no decoding: the bytes' format (a response labelled
+/// `image/*` that is none of ours counts as `unsupported_format`) and the
+/// origin's `no-transform`.
+pub fn precheck(headers: &hyper::HeaderMap, body: &[u8]) -> Precheck {
+    if sniff(body).is_none() {
+        let labelled_image = headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("image/"));
+        return if labelled_image {
+            Precheck::Keep(Guard::Unsupported)
+        } else {
+            Precheck::NotAnImage
+        };
+    }
+    if crate::cache::freshness::directives(headers).no_transform {
+        return Precheck::Keep(Guard::NoTransform);
+    }
+    Precheck::Encode
+}
+
 /// Whether the file holds more than one frame, read from the bytes alone
 /// (no decoder runs, so nothing is allocated): PNG's `acTL` chunk (before the
 /// image data), WebP's VP8X animation flag, a second GIF image descriptor.
@@ -248,6 +280,21 @@ mod tests {
         img.write_to(&mut std::io::Cursor::new(&mut out), ImageFormat::Png)
             .unwrap();
         out
+    }
+
+    #[test]
+    fn prechecks_need_no_decoding() {
+        let mut h = hyper::HeaderMap::new();
+        assert_eq!(precheck(&h, b"<html>"), Precheck::NotAnImage);
+        h.insert("content-type", "image/avif".parse().unwrap());
+        assert_eq!(
+            precheck(&h, b"\0\0\0\x1cftypavif"),
+            Precheck::Keep(Guard::Unsupported)
+        );
+        let png = b"\x89PNG\r\n\x1a\n....";
+        assert_eq!(precheck(&h, png), Precheck::Encode);
+        h.insert("cache-control", "no-transform".parse().unwrap());
+        assert_eq!(precheck(&h, png), Precheck::Keep(Guard::NoTransform));
     }
 
     #[test]
