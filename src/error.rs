@@ -40,6 +40,24 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Why the proxy could not be built from a (validated) configuration.
+#[cfg(feature = "server")]
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A route's origin does not parse, or names the demo origin when none runs.
+    #[error("route[{index}]: {reason}")]
+    Route { index: usize, reason: String },
+    /// An entry of `trusted_proxies` is not an IP or CIDR block.
+    #[error("trusted_proxies: {0}")]
+    TrustedProxy(String),
+    /// A metric could not be registered (a duplicate name: a bug).
+    #[error("registering the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The built-in demo origin could not bind its loopback port.
+    #[error("starting the demo origin: {0}")]
+    Demo(#[source] std::io::Error),
+}
+
 /// Why the proxy answered a request itself instead of relaying the origin.
 /// Each variant knows its HTTP status; the text is the reason sent to the client.
 #[cfg(feature = "server")]

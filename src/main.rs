@@ -271,7 +271,9 @@ fn serve(args: ServeArgs, weights: Option<PathBuf>) -> Result<(), String> {
             .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
         let limits = cfg.limits.clone();
         let routes: Vec<String> = cfg.routes.iter().map(|r| r.origin.clone()).collect();
-        let proxy = vaeproxy::server::build(cfg, codec).await?;
+        let proxy = vaeproxy::server::build(cfg, codec)
+            .await
+            .map_err(|e| e.to_string())?;
         tracing::info!(
             "vaeproxy listening on http://{} (model {}, origins: {})",
             listener.local_addr().map_err(|e| e.to_string())?,

@@ -96,9 +96,11 @@ pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown:
 
 /// Builds the proxy for `cfg`: the model pool, the metrics, and the demo
 /// origin when a route names it.
-pub async fn build(cfg: crate::config::Config, codec: Arc<crate::Codec>) -> Result<Proxy, String> {
-    let metrics =
-        crate::metrics::Metrics::new().map_err(|e| format!("registering the metrics: {e}"))?;
+pub async fn build(
+    cfg: crate::config::Config,
+    codec: Arc<crate::Codec>,
+) -> Result<Proxy, crate::error::StartError> {
+    let metrics = crate::metrics::Metrics::new()?;
     let pool = crate::codec::pool::Pool::new(
         codec,
         cfg.codec.pool_threads,
@@ -109,7 +111,7 @@ pub async fn build(cfg: crate::config::Config, codec: Arc<crate::Codec>) -> Resu
         Some(
             crate::demo::start()
                 .await
-                .map_err(|e| format!("starting the demo origin: {e}"))?,
+                .map_err(crate::error::StartError::Demo)?,
         )
     } else {
         None

@@ -42,7 +42,7 @@ use crate::cache::key::PrimaryKey;
 use crate::cache::{Cache, Entry};
 use crate::codec::pool::Pool;
 use crate::config::{Config, IpBlock};
-use crate::error::HttpError;
+use crate::error::{HttpError, StartError};
 use crate::latent::wire::ModelId;
 use crate::metrics::Metrics;
 use crate::sampler::Sampler;
@@ -114,12 +114,14 @@ impl Proxy {
         metrics: Metrics,
         demo: Option<SocketAddr>,
         sampler: Sampler,
-    ) -> Result<Proxy, String> {
+    ) -> Result<Proxy, StartError> {
         let upstreams = cfg
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| Upstream::from_route(r, demo).map_err(|e| format!("route[{i}]: {e}")))
+            .map(|(index, r)| {
+                Upstream::from_route(r, demo).map_err(|reason| StartError::Route { index, reason })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let cache = Cache::new(
             cfg.cache.capacity_bytes,
@@ -134,7 +136,8 @@ impl Proxy {
             .trusted_proxies
             .iter()
             .map(|p| IpBlock::parse(p))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::TrustedProxy)?;
         let (cfg_budget, cfg_memo) = (cfg.limits.max_buffered_bytes, cfg.cache.content_memo_bytes);
         Ok(Proxy {
             inner: Arc::new(Inner {
