@@ -254,10 +254,6 @@ impl Endpoints {
         })
     }
 
-    pub fn pixels(&self) -> u64 {
-        u64::from(self.width) * u64::from(self.height)
-    }
-
     /// Frame `index` of `steps` (>= 2): z = (1 - s) a + s b, s = index / (steps - 1).
     fn at(&self, codec: &Codec, steps: u32, index: u32) -> crate::Result<(Vec<u8>, RgbImage)> {
         let s = f64::from(index) / f64::from(steps.max(2) - 1);

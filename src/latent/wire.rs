@@ -106,11 +106,6 @@ impl Header {
             latent_width: width.div_ceil(GRID) as u16,
         }
     }
-
-    /// Number of latent elements the payload decodes to.
-    pub fn latent_len(&self) -> usize {
-        self.channels as usize * self.latent_height as usize * self.latent_width as usize
-    }
 }
 
 /// A parsed latent file borrowing its payload.
