@@ -35,7 +35,8 @@ pub struct Metrics {
     /// Client connections closed because a response made no progress
     /// within `limits.client_write_timeout_ms`.
     pub client_write_timeouts: IntCounter,
-    /// Images the model decoded (guards, reconstructions, samples).
+    /// Latents the model decoded for the proxy (the PSNR guard's check after
+    /// each encode, reconstructions); samples count in `samples_generated`.
     pub decodes: IntCounter,
     /// Why an image was kept as its original bytes.
     pub guards: IntCounterVec,

@@ -138,7 +138,7 @@ fn parse_delta(s: &str) -> Option<u64> {
     Some(s.parse::<u64>().unwrap_or(MAX_DELTA).min(MAX_DELTA))
 }
 
-/// An HTTP-date header, if present exactly once and valid.
+/// An HTTP-date header's first line, if it is a valid HTTP-date.
 pub fn date_header(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
     let mut values = headers.get_all(name).iter();
     let v = values.next()?;

@@ -94,9 +94,10 @@ impl Activity {
 }
 
 /// Visits a `[Z, h, w]` channel-major symbol grid in coding order, calling
-/// `f(channel, index, context)` for every element before reading it and
-/// `f`'s grid only at already visited positions, so the decoder can fill the
-/// grid as it goes. One traversal for the coder, the decoder and calibration.
+/// `f(channel, grid, index, context)` for every element before reading it;
+/// `grid` is that channel's symbols, read only at already visited positions,
+/// so the decoder can fill it as it goes. One traversal for the coder, the
+/// decoder and calibration.
 pub fn for_each_context<F>(symbols: &mut [i32], h: usize, w: usize, mut f: F) -> Result<()>
 where
     F: FnMut(usize, &mut [i32], usize, usize) -> Result<()>,

@@ -95,8 +95,8 @@ impl Pool {
         }
     }
 
-    /// Whether a job submitted now would have to wait (for background work
-    /// that should yield to live traffic).
+    /// Whether no job is waiting for a thread: background work (the sampler)
+    /// submits only then, so live traffic comes first.
     pub fn is_idle(&self) -> bool {
         self.queued.get() == 0
     }
