@@ -191,3 +191,40 @@ async fn fetch_decodes_latents_and_passes_images_through() {
         .await
         .is_err());
 }
+
+/// A `Fetcher` keeps one pooled client: three fetches, one connection.
+#[tokio::test]
+async fn fetcher_reuses_its_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let jpeg = hyper::body::Bytes::from(std::fs::read("tests/data/canyon.jpg").unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a2 = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            a2.fetch_add(1, Ordering::SeqCst);
+            let jpeg = jpeg.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let resp = hyper::Response::builder()
+                        .header("content-type", "image/jpeg")
+                        .body(http_body_util::Full::new(jpeg.clone()))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let f = vaeproxy::client::Fetcher::new(Arc::new(Decoder::shipped().unwrap()));
+    for _ in 0..3 {
+        let img = f.fetch(&format!("http://{addr}/p.jpg")).await.unwrap();
+        assert_eq!(img.dimensions(), (320, 160));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}

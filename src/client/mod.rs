@@ -67,7 +67,7 @@ impl Decoder {
 }
 
 #[cfg(feature = "client")]
-pub use fetch::{fetch_image, FetchError};
+pub use fetch::{fetch_image, FetchError, Fetcher};
 
 #[cfg(feature = "client")]
 mod fetch {
@@ -78,6 +78,7 @@ mod fetch {
     use crate::latent::wire::MIME;
     use http_body_util::{BodyExt, Empty, Limited};
     use hyper::body::Bytes;
+    use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     use std::sync::Arc;
@@ -102,54 +103,83 @@ mod fetch {
         Decode(#[from] DecodeError),
     }
 
-    /// GETs `url` (plain `http://`) with `decoder.accept_header()`. A latent
-    /// response is decoded on tokio's blocking pool (decoding is CPU work and
-    /// must not stall the runtime); any other image response is decoded with
-    /// the `image` crate under the same pixel limit.
+    /// A decoder with one pooled HTTP client: repeated fetches reuse
+    /// connections. Cheap to clone.
+    #[derive(Clone)]
+    pub struct Fetcher {
+        decoder: Arc<Decoder>,
+        client: Client<HttpConnector, Empty<Bytes>>,
+    }
+
+    impl std::fmt::Debug for Fetcher {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Fetcher").finish_non_exhaustive()
+        }
+    }
+
+    impl Fetcher {
+        /// Must be created inside the tokio runtime that will use it (its
+        /// pooled connections live there).
+        pub fn new(decoder: Arc<Decoder>) -> Self {
+            let client = Client::builder(TokioExecutor::new()).build_http();
+            Self { decoder, client }
+        }
+
+        /// GETs `url` (plain `http://`) with the decoder's `Accept`. A latent
+        /// response is decoded on tokio's blocking pool (decoding is CPU work
+        /// and must not stall the runtime); any other image response is
+        /// decoded with the `image` crate under the same pixel limit.
+        pub async fn fetch(&self, url: &str) -> Result<image::RgbImage, FetchError> {
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| FetchError::Url(format!("{url}: {e}")))?;
+            let req = hyper::Request::get(uri)
+                .header(hyper::header::ACCEPT, self.decoder.accept_header())
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| FetchError::Url(e.to_string()))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| FetchError::Http(e.to_string()))?;
+            if !resp.status().is_success() {
+                return Err(FetchError::Status(resp.status()));
+            }
+            let is_latent = resp
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case(MIME)
+                });
+            let body = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| FetchError::Http(format!("reading body: {e}")))?
+                .to_bytes();
+            let decoder = Arc::clone(&self.decoder);
+            tokio::task::spawn_blocking(move || {
+                if is_latent {
+                    decoder.decode(&body)
+                } else {
+                    crate::codec::read_image(&body, crate::codec::DEFAULT_MAX_PIXELS)
+                }
+            })
+            .await
+            .map_err(|e| FetchError::Http(format!("decode task: {e}")))?
+            .map_err(FetchError::Decode)
+        }
+    }
+
+    /// One fetch with a client of its own; for many, keep a [`Fetcher`].
     pub async fn fetch_image(
         decoder: Arc<Decoder>,
         url: &str,
     ) -> Result<image::RgbImage, FetchError> {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|e| FetchError::Url(format!("{url}: {e}")))?;
-        let req = hyper::Request::get(uri)
-            .header(hyper::header::ACCEPT, decoder.accept_header())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::Url(e.to_string()))?;
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| FetchError::Http(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(FetchError::Status(resp.status()));
-        }
-        let is_latent = resp
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case(MIME)
-            });
-        let body = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| FetchError::Http(format!("reading body: {e}")))?
-            .to_bytes();
-        tokio::task::spawn_blocking(move || {
-            if is_latent {
-                decoder.decode(&body)
-            } else {
-                crate::codec::read_image(&body, crate::codec::DEFAULT_MAX_PIXELS)
-            }
-        })
-        .await
-        .map_err(|e| FetchError::Http(format!("decode task: {e}")))?
-        .map_err(FetchError::Decode)
+        Fetcher::new(decoder).fetch(url).await
     }
 }
