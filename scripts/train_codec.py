@@ -41,54 +41,10 @@ SCALE_MIN = 0.11  # lower bound of the Gaussian scale (as in CompressAI)
 LIKELIHOOD_MIN = 1e-9
 
 
-class Gdn(nn.Module):
-    """Simplified GDN, x / (|beta| + conv1x1(|x|, |gamma|)); IGDN multiplies."""
-
-    def __init__(self, c, inverse):
-        super().__init__()
-        self.beta = nn.Parameter(torch.ones(c))
-        self.gamma = nn.Parameter(torch.rand(c, c, 1, 1) * 0.02)
-        self.inverse = inverse
-
-    def forward(self, x):
-        norm = F.conv2d(x.abs(), self.gamma.abs()) + (self.beta.abs() + 1e-6).view(1, -1, 1, 1)
-        return x * norm if self.inverse else x / norm
-
-
-def conv(cin, cout, k):
-    return nn.Conv2d(cin, cout, k, padding=k // 2)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1 = conv(c, c, 3)
-        self.conv2 = conv(c, c, 3)
-
-    def forward(self, x):
-        return x + self.conv2(F.relu(self.conv1(x)))
-
-
-class Down(nn.Module):
-    """Space-to-depth 2, then a 1x1 projection and GDN (a 2x2 stride-2 conv)."""
-
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.proj = conv(cin * 4, cout, 1)
-        self.gdn = Gdn(cout, False)
-
-    def forward(self, x):
-        return self.gdn(self.proj(F.pixel_unshuffle(x, 2)))
-
-
-class Up(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.proj = conv(cin, cout * 4, 1)
-        self.igdn = Gdn(cout, True)
-
-    def forward(self, x):
-        return self.igdn(F.pixel_shuffle(self.proj(x), 2))
+# The blocks (simplified GDN, "same" convs, residual blocks, space-to-depth
+# down and depth-to-space up) are v1's, with the same parameter names.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_torch import Down, Gdn, ResBlock, Up, conv  # noqa: E402
 
 
 class Encoder(nn.Module):

@@ -23,7 +23,6 @@
 use super::blocks::{conv, Down, Gdn, ResBlock, Up};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
-use std::collections::HashMap;
 
 /// The latent grid `y` is this many times smaller than the image per side.
 pub const Y_DOWNSCALE: usize = 16;
@@ -52,20 +51,7 @@ impl Config {
     /// Parses `k=v,...`; every key is required and bounded, so a hostile
     /// weights file cannot ask for an absurd network.
     pub fn from_metadata(s: &str) -> std::result::Result<Self, String> {
-        let mut kv = HashMap::new();
-        for part in s.split(',') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("bad config entry {part:?}"))?;
-            let v: usize = v
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad number in config entry {part:?}"))?;
-            if v == 0 || v > 1024 {
-                return Err(format!("config entry {part:?} out of range 1..=1024"));
-            }
-            kv.insert(k.trim().to_string(), v);
-        }
+        let kv = super::parse_metadata(s)?;
         let get = |k: &str| {
             kv.get(k)
                 .copied()

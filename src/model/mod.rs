@@ -58,20 +58,7 @@ impl Config {
     /// Parses `c1=..,c2=..,c3=..,z=..`; every key is required and bounded so a
     /// hostile weights file cannot ask for an absurd network.
     pub fn from_metadata(s: &str) -> std::result::Result<Self, String> {
-        let mut kv = HashMap::new();
-        for part in s.split(',') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("bad config entry {part:?}"))?;
-            let v: usize = v
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad number in config entry {part:?}"))?;
-            if v == 0 || v > 1024 {
-                return Err(format!("config entry {part:?} out of range 1..=1024"));
-            }
-            kv.insert(k.trim().to_string(), v);
-        }
+        let kv = parse_metadata(s)?;
         let get = |k: &str| {
             kv.get(k)
                 .copied()
@@ -84,6 +71,27 @@ impl Config {
             z: get("z")?,
         })
     }
+}
+
+/// Parses a `k=v,...` architecture string from a weights file's metadata;
+/// every value is bounded to 1..=1024, so a hostile file cannot ask for an
+/// absurd network.
+pub(crate) fn parse_metadata(s: &str) -> std::result::Result<HashMap<String, usize>, String> {
+    let mut kv = HashMap::new();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("bad config entry {part:?}"))?;
+        let v: usize = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad number in config entry {part:?}"))?;
+        if v == 0 || v > 1024 {
+            return Err(format!("config entry {part:?} out of range 1..=1024"));
+        }
+        kv.insert(k.trim().to_string(), v);
+    }
+    Ok(kv)
 }
 
 /// Image (centred, `[N, 3, H, W]`, H and W multiples of 16) to posterior

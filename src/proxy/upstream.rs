@@ -343,41 +343,16 @@ pub async fn collect_up_to(
     Ok(Collected::Whole(Bytes::from(all), held))
 }
 
-/// `body` holding `held` until it is dropped.
+/// `body` holding `held` until it is dropped (the closure owns it).
 pub fn holding(body: ProxyBody, held: Held) -> ProxyBody {
     if held.0.is_none() {
         return body;
     }
-    Holding {
-        inner: body,
-        _held: held,
-    }
+    body.map_frame(move |f| {
+        let _ = &held;
+        f
+    })
     .boxed()
-}
-
-struct Holding {
-    inner: ProxyBody,
-    _held: Held,
-}
-
-impl Body for Holding {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// `prefix` then the rest of `body`, as one body.
