@@ -3,12 +3,15 @@
 estimated from the entropy model's probabilities of the rounded latents
 (y and z; what an ideal coder with these models would spend, so real files
 will be slightly larger), and PSNR of the 8-bit output. Next to it, WebP at
-the same bpp from ../shared/kodak/reference-curves.csv (linear
+the same bpp from the Kodak folder's reference-curves.csv (linear
 interpolation).
 
 For reporting only: Kodak must never decide anything about training.
 
-    python3 scripts/eval_codec_v2.py [--ckpt weights/train/codec-v2.pt] [--images ../shared/kodak]
+    python3 scripts/eval_codec_v2.py --images KODAK_DIR [--ckpt weights/train/codec-v2.pt]
+
+KODAK_DIR holds the 24 PNGs and reference-curves.csv (the shared folder's
+kodak/).
 """
 import argparse, csv, glob, math, os, sys
 
@@ -38,7 +41,7 @@ def interp(pts, bpp):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpt", default="weights/train/codec-v2.pt")
-    ap.add_argument("--images", default="../shared/kodak")
+    ap.add_argument("--images", required=True, help="the Kodak folder (with reference-curves.csv)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
