@@ -3,12 +3,15 @@
 //! # Layout
 //!
 //! - [`model`]: the convolutional VAE in candle (encoder, decoder, blocks) and
-//!   its trainer (`model::train`, server builds only).
+//!   its trainer (`model::train`, server builds only); `model::hyperprior`,
+//!   codec v2's network (in training, not shipped).
 //! - [`codec`]: image <-> latent file: padding, tiling, quantization, the
-//!   entropy model (`codec::entropy`), calibration and quality metrics.
+//!   entropy model (`codec::entropy`), calibration and quality metrics;
+//!   codec v2's coder (`codec::gaussian` tables, `codec::hyperprior`).
 //! - [`latent::wire`]: the `.vlat` wire format; depends on nothing else here.
 //! - [`client`]: the decode library for apps (`Decoder`).
-//! - [`error`]: the codec's error type and the proxy's `HttpError`.
+//! - [`error`]: the codec's error type, the proxy's `HttpError` and
+//!   `StartError` (building the proxy from a config).
 //!
 //! The proxy (feature `server`):
 //! - [`config`]: `config/vaeproxy.toml`, validated once at startup.

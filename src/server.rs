@@ -133,7 +133,8 @@ pub async fn build(
 /// being sent, and when one last handed a frame to the connection.
 struct Progress {
     in_flight: AtomicUsize,
-    /// Milliseconds since `epoch` of the last frame taken by the connection.
+    /// Milliseconds since `epoch` that hyper last polled a response body:
+    /// it polls only when it can send more, so a poll is client progress.
     last_ms: AtomicU64,
     epoch: Instant,
 }

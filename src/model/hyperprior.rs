@@ -322,7 +322,7 @@ fn depth_to_space(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
 }
 
 /// [`HyperSynthesis`] computed in a fixed order in plain f32 (see
-/// [`ExactConv::forward`]): what picks each element's probability table must
+/// `ExactConv::forward`: bias plus products in (ci, ky, kx) order, no FMA): what picks each element's probability table must
 /// come out bit-identical in the encoder and in every decoder (x86-64, arm64,
 /// wasm32), or one flipped table index garbles the rest of the stream.
 /// candle's kernels may sum in other orders on other targets; this may not.
