@@ -7,7 +7,7 @@
 #   scripts/cache-tests.sh            # full run; results in target/cache-tests/results.json
 #   scripts/cache-tests.sh TEST-ID    # one test, verbose
 #
-# Needs node/npm (apt install nodejs npm). Ports: origin 8000, proxy 8081.
+# Needs node/npm (apt install nodejs npm). Ports: origin 8000, proxy 8081, its admin listener 8082.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -21,6 +21,8 @@ suite=$root/$dir/node_modules/http-cache-tests
 cargo build --release --quiet
 cat > "$dir/proxy.toml" <<TOML
 listen = "127.0.0.1:8081"
+[admin]
+listen = "127.0.0.1:8082"
 [[route]]
 origin = "http://127.0.0.1:8000"
 preserve_host = true
@@ -30,7 +32,7 @@ origin_pid=$!
 RUST_LOG=${RUST_LOG:-warn} target/release/vaeproxy serve --config "$dir/proxy.toml" >"$dir/proxy.log" 2>&1 &
 proxy_pid=$!
 trap 'kill $origin_pid $proxy_pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:8081/_vaeproxy/healthz && break; sleep 0.1; done
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:8082/_vaeproxy/healthz && break; sleep 0.1; done
 sleep 0.5
 cd "$suite"
 if [ $# -gt 0 ]; then

@@ -112,12 +112,17 @@ def get(port, path, timeout=10):
 def main():
     origin = Server(("127.0.0.1", 0), Origin)
     threading.Thread(target=origin.serve_forever, daemon=True).start()
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    def free_port():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        return p
+    # health and metrics answer on the admin listener only; it is served by
+    # the same runtime, so its latency is the runtime's under the attack
+    port, admin = free_port(), free_port()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    cfg.write(f'listen = "127.0.0.1:{port}"\nsamples = []\n[[route]]\norigin = "http://127.0.0.1:{origin.server_address[1]}"\n'
+    cfg.write(f'listen = "127.0.0.1:{port}"\nsamples = []\n[admin]\nlisten = "127.0.0.1:{admin}"\n[[route]]\norigin = "http://127.0.0.1:{origin.server_address[1]}"\n'
               '[cache]\nmax_object_bytes = 33554432\n')
     cfg.close()
     env = dict(os.environ, RUST_LOG="warn")
@@ -125,7 +130,7 @@ def main():
     try:
         for _ in range(100):
             try:
-                get(port, "/_vaeproxy/healthz", 1)
+                get(admin, "/_vaeproxy/healthz", 1)
                 break
             except OSError:
                 time.sleep(0.1)
@@ -139,7 +144,7 @@ def main():
             print(f"  {name:5s} {len(BOMBS[name]):5d} B  max {max(times):6.1f} ms  median {sorted(times)[1]:6.1f} ms")
         m = rss(proxy.pid)
         print(f"  proxy RSS {m['VmRSS']} MB, peak {m['VmHWM']} MB")
-        guards = [l for l in get(port, "/_vaeproxy/metrics")[0].decode().splitlines() if l.startswith("vaeproxy_guard_total")]
+        guards = [l for l in get(admin, "/_vaeproxy/metrics")[0].decode().splitlines() if l.startswith("vaeproxy_guard_total")]
         print("  " + "; ".join(guards))
 
         print("slow readers: 50 HTTP/1.1 connections + 50 h2 streams, 20 MB each, never read")
@@ -162,7 +167,7 @@ def main():
         worst, lat, peak = 0.0, [], 0
         t_end = time.time() + 10
         while time.time() < t_end:
-            _, ms = get(port, "/_vaeproxy/healthz")
+            _, ms = get(admin, "/_vaeproxy/healthz")
             lat.append(ms)
             peak = max(peak, rss(proxy.pid)["VmRSS"])
             time.sleep(0.1)
@@ -170,7 +175,7 @@ def main():
         m = rss(proxy.pid)
         print(f"  healthz over 10 s: {len(lat)} requests, median {lat[len(lat)//2]:.1f} ms, max {lat[-1]:.1f} ms")
         print(f"  proxy RSS max while polling {peak} MB, peak (VmHWM) {m['VmHWM']} MB")
-        metrics = get(port, "/_vaeproxy/metrics")[0].decode().splitlines()
+        metrics = get(admin, "/_vaeproxy/metrics")[0].decode().splitlines()
         for l in metrics:
             if l.startswith(("vaeproxy_buffer_budget", "vaeproxy_requests_total", "vaeproxy_origin_requests")):
                 print("  " + l)

@@ -48,6 +48,9 @@ pub enum StartError {
     #[error("route[{index}]: {reason}")]
     Route { index: usize, reason: String },
     /// An entry of `trusted_proxies` is not an IP or CIDR block.
+    /// The configuration is valid alone but not for this running proxy.
+    #[error("{0}")]
+    Config(String),
     #[error("trusted_proxies: {0}")]
     TrustedProxy(String),
     /// A metric could not be registered (a duplicate name: a bug).
@@ -78,6 +81,9 @@ pub enum HttpError {
     /// The method does not apply to this resource (405).
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// This client asked for too much too fast (429).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Not ready yet; try again shortly (503).
     #[error("{0}")]
     Unavailable(String),
@@ -104,6 +110,7 @@ impl HttpError {
             HttpError::RequestTimeout(_) => S::REQUEST_TIMEOUT,
             HttpError::NoRoute(_) | HttpError::NotFound(_) => S::NOT_FOUND,
             HttpError::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
+            HttpError::TooManyRequests(_) => S::TOO_MANY_REQUESTS,
             HttpError::Unavailable(_) => S::SERVICE_UNAVAILABLE,
             HttpError::TooLarge(_) => S::PAYLOAD_TOO_LARGE,
             HttpError::BadGateway(_) => S::BAD_GATEWAY,

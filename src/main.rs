@@ -19,6 +19,10 @@ struct Cli {
     /// Weights file (safetensors with the entropy model); default: the weights built into the binary.
     #[arg(long, global = true)]
     weights: Option<PathBuf>,
+    /// Configuration file [default: $VAEPROXY_CONFIG, then config/vaeproxy.toml,
+    /// then /etc/vaeproxy/vaeproxy.toml]; before or after the subcommand.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Default: `serve` with `config/vaeproxy.toml`.
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -27,15 +31,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the caching reverse proxy (the default when no command is given).
+    /// SIGHUP re-reads the configuration; SIGTERM or Ctrl-C stops it.
     Serve(ServeArgs),
+    /// Validate the configuration (as `serve` and a reload would read it) and exit.
+    Check(ServeArgs),
     /// Generate a sample pool from the config (as the proxy would) and write a contact sheet.
     Sample {
         /// Pool name from the config's [[samples]].
         #[arg(long, default_value = "default")]
         pool: String,
-        /// Configuration file [default: config/vaeproxy.toml].
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// Output PNG: the pool's images in a grid.
         #[arg(long)]
         grid: PathBuf,
@@ -119,13 +123,11 @@ enum Cmd {
 
 #[derive(clap::Args, Default)]
 struct ServeArgs {
-    /// Configuration file [default: config/vaeproxy.toml].
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Listen address, overriding the config's `listen`.
+    /// Listen address, overriding the config's `listen` and $VAEPROXY_LISTEN.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Replace the config's routes with one catch-all route to this origin (http://host:port).
+    /// Replace the config's routes with one catch-all route to this origin
+    /// (http://host:port); also $VAEPROXY_ORIGIN.
     #[arg(long)]
     origin: Option<String>,
 }
@@ -231,29 +233,37 @@ fn write_file(p: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::write(p, bytes).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-fn serve(args: ServeArgs, weights: Option<PathBuf>) -> Result<(), String> {
-    use vaeproxy::config::Config;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
-    let default_path = PathBuf::from("config/vaeproxy.toml");
-    let mut cfg = match (&args.config, &args.origin) {
-        (Some(p), _) => Config::load(p).map_err(|e| e.to_string())?,
-        (None, Some(_)) if !default_path.exists() => Config::default(),
-        (None, _) => Config::load(&default_path).map_err(|e| e.to_string())?,
+/// The configuration as `serve`, `check` and a reload read it.
+fn config_source(
+    args: &ServeArgs,
+    config: Option<&Path>,
+) -> Result<vaeproxy::config::Source, String> {
+    vaeproxy::config::Source::find(config, args.listen, args.origin.clone())
+        .map_err(|e| e.to_string())
+}
+
+fn check(args: ServeArgs, config: Option<&Path>, weights: Option<PathBuf>) -> Result<(), String> {
+    let source = config_source(&args, config)?;
+    let cfg = source.load().map_err(|e| e.to_string())?;
+    let codec = load_codec(weights.or_else(|| cfg.codec.weights.clone()).as_deref())?;
+    check_quality(&cfg, &codec)?;
+    let admin = if cfg.admin.enabled {
+        cfg.admin.listen.to_string()
+    } else {
+        "off".into()
     };
-    if let Some(origin) = &args.origin {
-        cfg = cfg.with_single_origin(origin).map_err(|e| e.to_string())?;
-    }
-    if let Some(listen) = args.listen {
-        cfg.listen = listen;
-    }
-    let weights = weights.or_else(|| cfg.codec.weights.clone());
-    let codec = std::sync::Arc::new(load_codec(weights.as_deref())?);
+    println!(
+        "{}: ok: listen {}, admin {admin}, {} route(s), {} sample pool(s), model {}",
+        source.describe(),
+        cfg.listen,
+        cfg.routes.len(),
+        cfg.samples.len(),
+        codec.id().to_hex()
+    );
+    Ok(())
+}
+
+fn check_quality(cfg: &vaeproxy::config::Config, codec: &Codec) -> Result<(), String> {
     if usize::from(cfg.codec.quality) > usize::from(codec.levels()) {
         return Err(format!(
             "codec.quality: {} but the weights have {} levels",
@@ -261,6 +271,25 @@ fn serve(args: ServeArgs, weights: Option<PathBuf>) -> Result<(), String> {
             codec.levels()
         ));
     }
+    Ok(())
+}
+
+fn serve(args: ServeArgs, config: Option<&Path>, weights: Option<PathBuf>) -> Result<(), String> {
+    use vaeproxy::config::LogFormat;
+    let source = config_source(&args, config)?;
+    let cfg = source.load().map_err(|e| e.to_string())?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cfg.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+    }
+    let weights = weights.or_else(|| cfg.codec.weights.clone());
+    let codec = std::sync::Arc::new(load_codec(weights.as_deref())?);
+    check_quality(&cfg, &codec)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -269,42 +298,100 @@ fn serve(args: ServeArgs, weights: Option<PathBuf>) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+        let admin = match cfg.admin.enabled {
+            true => Some(
+                tokio::net::TcpListener::bind(cfg.admin.listen)
+                    .await
+                    .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen))?,
+            ),
+            false => None,
+        };
         let limits = cfg.limits.clone();
         let routes: Vec<String> = cfg.routes.iter().map(|r| r.origin.clone()).collect();
         let proxy = vaeproxy::server::build(cfg, codec)
             .await
             .map_err(|e| e.to_string())?;
+        // Registered before the ready line, so a reload right after it is never lost.
+        let reloads = vaeproxy::shutdown::reloads().map_err(|e| format!("SIGHUP handler: {e}"))?;
+        tokio::spawn(reload_on_signal(reloads, source, proxy.clone()));
         tracing::info!(
-            "vaeproxy listening on http://{} (model {}, origins: {})",
+            "vaeproxy listening on http://{} (admin {}; model {}, origins: {})",
             listener.local_addr().map_err(|e| e.to_string())?,
+            admin
+                .as_ref()
+                .and_then(|a| a.local_addr().ok())
+                .map_or("off".to_string(), |a| format!("http://{a}")),
             proxy.pool().codec().id().to_hex(),
             routes.join(", ")
         );
-        vaeproxy::server::run(listener, proxy, &limits, vaeproxy::shutdown::signal()).await;
+        let stop = vaeproxy::shutdown::Trigger::new();
+        let public = vaeproxy::server::run(listener, proxy.clone(), &limits, stop.wait());
+        let ops = async {
+            if let Some(a) = admin {
+                vaeproxy::server::run_admin(a, proxy.clone(), &limits, stop.wait()).await;
+            }
+        };
+        let signal = async {
+            vaeproxy::shutdown::signal().await;
+            stop.fire();
+        };
+        tokio::join!(public, ops, signal);
         Ok(())
     })
 }
 
+/// SIGHUP: re-read the configuration the way startup did; on any error the
+/// running one stays and the error is logged.
+async fn reload_on_signal(
+    mut reloads: vaeproxy::shutdown::Reloads,
+    source: vaeproxy::config::Source,
+    proxy: vaeproxy::proxy::Proxy,
+) {
+    let m = proxy.metrics().clone();
+    while reloads.recv().await {
+        let outcome = source
+            .load()
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| proxy.reload(cfg).map_err(|e| e.to_string()));
+        match outcome {
+            Ok(restart) => {
+                m.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!("SIGHUP: configuration reloaded from {}", source.describe());
+                if !restart.is_empty() {
+                    tracing::warn!(
+                        "SIGHUP: changes to {} take effect only after a restart",
+                        restart.join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                m.reloads.with_label_values(&["error"]).inc();
+                tracing::error!("SIGHUP: reload failed, the running configuration stays: {e}");
+            }
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    let config = cli.config.as_deref();
     let Some(cmd) = cli.cmd else {
-        return serve(ServeArgs::default(), cli.weights);
+        return serve(ServeArgs::default(), config, cli.weights);
     };
     match cmd {
-        Cmd::Serve(args) => serve(args, cli.weights),
+        Cmd::Serve(args) => serve(args, config, cli.weights),
+        Cmd::Check(args) => check(args, config, cli.weights),
         Cmd::Sample {
             pool,
-            config,
             grid,
             columns,
             interpolate,
             steps,
         } => {
-            let path = config.unwrap_or_else(|| PathBuf::from("config/vaeproxy.toml"));
-            let cfg = vaeproxy::config::Config::load(&path).map_err(|e| e.to_string())?;
-            let spec =
-                cfg.samples.iter().find(|p| p.name == pool).ok_or_else(|| {
-                    format!("{}: no [[samples]] pool named {pool:?}", path.display())
-                })?;
+            let source = config_source(&ServeArgs::default(), config)?;
+            let cfg = source.load().map_err(|e| e.to_string())?;
+            let spec = cfg.samples.iter().find(|p| p.name == pool).ok_or_else(|| {
+                format!("{}: no [[samples]] pool named {pool:?}", source.describe())
+            })?;
             let codec = load_codec(cli.weights.as_deref())?;
             let row = match interpolate.as_deref() {
                 Some([a, b]) => Some(interpolation_row(&codec, a, b, steps, cfg.codec.quality)?),

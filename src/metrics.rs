@@ -3,8 +3,8 @@
 //! exposition format at `/_vaeproxy/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every counter the proxy keeps. Cheap to clone (the metrics are `Arc`s inside).
@@ -56,7 +56,26 @@ pub struct Metrics {
     /// Variations, interpolations and the posteriors behind variations,
     /// generated on request, by kind.
     pub derived_generated: IntCounterVec,
+    /// Request duration by status class (`2xx`, ...), from head to response head.
+    pub request_seconds: HistogramVec,
+    /// Time from sending a request to an origin until its response head.
+    pub origin_seconds: Histogram,
+    /// Origin requests that failed, by kind (`timeout`, `unreachable`, `client_body`).
+    pub origin_errors: IntCounterVec,
+    /// Connections closed at accept: the address held `max_connections_per_ip`.
+    pub connections_refused: IntCounter,
+    /// New variations/interpolations refused, by reason (`disabled`, `per_ip`, `model_time`).
+    pub generative_refused: IntCounterVec,
+    /// Purges by mode (`url`, `prefix`, `tag`; `soft_` in front when soft).
+    pub purges: IntCounterVec,
+    /// Successful and failed configuration reloads (`ok`, `error`).
+    pub reloads: IntCounterVec,
 }
+
+/// Buckets for request and origin latency: 1 ms to ~16 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0,
+];
 
 /// Registers `c` in `registry` and hands it back: the one place a metric can
 /// fail to register (a duplicate name, a bad label), as an error, not a panic.
@@ -113,7 +132,52 @@ impl Metrics {
             "Variations, interpolations and posteriors generated (cache fills, not hits)",
             "kind",
         )?;
-        Ok(Metrics {
+        let request_seconds = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "request_duration_seconds",
+                    "Client requests by status class",
+                )
+                .namespace("vaeproxy")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["class"],
+            )?,
+        )?;
+        let origin_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "origin_duration_seconds",
+                    "Origin requests, until the response head",
+                )
+                .namespace("vaeproxy")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+        )?;
+        // Which build answers: a constant 1 with the version as a label.
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(ns("build_info", "The running build"), &["version"])?,
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let m = Metrics {
+            request_seconds,
+            origin_seconds,
+            origin_errors: counter_vec("origin_errors_total", "Failed origin requests", "kind")?,
+            connections_refused: counter(
+                "connections_refused_total",
+                "Connections closed at accept by the per-address limit",
+            )?,
+            generative_refused: counter_vec(
+                "generative_refused_total",
+                "New variations/interpolations refused",
+                "reason",
+            )?,
+            purges: counter_vec("purges_total", "Purge requests by mode", "mode")?,
+            reloads: counter_vec("reloads_total", "Configuration reloads", "result")?,
             requests,
             lookups,
             origin_requests: counter("origin_requests_total", "Requests sent to origins")?,
@@ -156,7 +220,51 @@ impl Metrics {
             )?,
             derived_generated,
             registry,
-        })
+        };
+        // Every labelled series exists from the start, so a dashboard's rate()
+        // sees its first event instead of a series appearing from nothing.
+        let zero = |v: &IntCounterVec, labels: &[&str]| {
+            for l in labels {
+                v.with_label_values(&[l]);
+            }
+        };
+        zero(
+            &m.requests,
+            &[
+                "hit",
+                "miss",
+                "stale",
+                "revalidated",
+                "pass",
+                "error",
+                "internal",
+                "sample",
+                "derived",
+            ],
+        );
+        zero(&m.lookups, &["hit", "miss", "stale"]);
+        zero(&m.origin_errors, &["timeout", "unreachable", "client_body"]);
+        zero(&m.generative_refused, &["disabled", "per_ip", "model_time"]);
+        zero(
+            &m.purges,
+            &[
+                "url",
+                "prefix",
+                "tag",
+                "soft_url",
+                "soft_prefix",
+                "soft_tag",
+            ],
+        );
+        zero(&m.reloads, &["ok", "error"]);
+        zero(
+            &m.derived_generated,
+            &["variation", "interpolation", "posterior"],
+        );
+        for class in ["2xx", "3xx", "4xx", "5xx"] {
+            m.request_seconds.with_label_values(&[class]);
+        }
+        Ok(m)
     }
 
     /// The Prometheus text exposition.

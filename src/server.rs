@@ -4,7 +4,7 @@
 
 use crate::config::Limits;
 use crate::proxy::upstream::{BoxError, ProxyBody};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Role};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
@@ -25,9 +25,30 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 
-/// Serves `proxy` on `listener` until `shutdown` completes, then waits up to
-/// `limits.shutdown_grace_secs` for open requests.
+/// Serves `proxy` on the public `listener` until `shutdown` completes, then
+/// waits up to `limits.shutdown_grace_secs` for open requests.
 pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown: impl Future) {
+    serve(listener, proxy, limits, Role::Public, shutdown).await
+}
+
+/// Serves the operator's endpoints (health, metrics, purge) on `listener`,
+/// with the same limits and shutdown as the public listener.
+pub async fn run_admin(
+    listener: TcpListener,
+    proxy: Proxy,
+    limits: &Limits,
+    shutdown: impl Future,
+) {
+    serve(listener, proxy, limits, Role::Admin, shutdown).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    proxy: Proxy,
+    limits: &Limits,
+    role: Role,
+    shutdown: impl Future,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -64,6 +85,19 @@ pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown:
             },
             _ = &mut shutdown => break,
         };
+        // One address may hold only so many connections: a slowloris from a
+        // few hosts cannot take every slot. Trusted proxies carry many
+        // clients' traffic and are exempt.
+        let slot = match role {
+            Role::Public => proxy.connection_slot(peer.ip()),
+            Role::Admin => Some(proxy.unlimited_slot()),
+        };
+        let Some(per_ip) = slot else {
+            proxy.metrics().connections_refused.inc();
+            tracing::debug!("connection from {peer} refused: per-address limit");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let p = proxy.clone();
         let progress = Arc::new(Progress::new());
@@ -72,7 +106,7 @@ pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown:
             let p = p.clone();
             let progress = Arc::clone(&progress);
             async move {
-                let resp = p.handle(req, peer).await;
+                let resp = p.handle(req, peer, role).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, progress).boxed()))
             }
         });
@@ -82,7 +116,7 @@ pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown:
             if let Err(e) = conn.await {
                 tracing::debug!("connection from {peer}: {e}");
             }
-            drop(permit);
+            drop((permit, per_ip));
         });
     }
     drop(listener);

@@ -148,7 +148,12 @@ async fn origin_down_slow_and_reset() {
     let r = get(&proxy.url("/reset"), &[]).await;
     assert_eq!(r.status, 502);
     // The proxy is still fine.
-    assert_eq!(get(&proxy.url("/_vaeproxy/healthz"), &[]).await.status, 200);
+    assert_eq!(
+        get(&proxy.admin_url("/_vaeproxy/healthz"), &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -195,7 +200,7 @@ async fn healthz_and_metrics() {
     let origin = start_origin(|_, _| Reply::ok("ok", &[("cache-control", "max-age=60")])).await;
     let proxy = start_proxy(BASIC, &origin.url()).await;
     assert_eq!(
-        &get(&proxy.url("/_vaeproxy/healthz"), &[]).await.body[..],
+        &get(&proxy.admin_url("/_vaeproxy/healthz"), &[]).await.body[..],
         b"ok\n"
     );
     get(&proxy.url("/m"), &[]).await;

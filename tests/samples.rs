@@ -9,9 +9,12 @@ use support::*;
 use vaeproxy::client::Decoder;
 use vaeproxy::latent::wire::MIME;
 
+/// On-demand generation on, with budgets no test reaches.
+const GENERATIVE: &str = "[generative]\nvariations = true\ninterpolations = true\nper_ip_per_minute = 10000\nmodel_seconds_per_minute = 10000.0\n";
+
 fn pool_toml(name: &str, count: u32, extra: &str) -> String {
     format!(
-        "[[route]]\norigin = \"{{origin}}\"\n[[samples]]\nname = \"{name}\"\nwidth = 64\nheight = 48\ncount = {count}\nseed = 7\n{extra}"
+        "{GENERATIVE}[[route]]\norigin = \"{{origin}}\"\n[[samples]]\nname = \"{name}\"\nwidth = 64\nheight = 48\ncount = {count}\nseed = 7\n{extra}"
     )
 }
 
@@ -33,7 +36,12 @@ async fn pending_then_served_from_the_cache() {
     let origin = start_origin(|_, _| Reply::ok("x", &[])).await;
     let proxy = start_proxy(&pool_toml("p", 300, ""), &origin.url()).await;
     // Ready at once, long before 300 samples exist.
-    assert_eq!(get(&proxy.url("/_vaeproxy/healthz"), &[]).await.status, 200);
+    assert_eq!(
+        get(&proxy.admin_url("/_vaeproxy/healthz"), &[])
+            .await
+            .status,
+        200
+    );
     let last = get(&proxy.url("/_vaeproxy/samples/p/299"), &[]).await;
     assert_eq!(last.status, 503);
     let r = wait_ready(&proxy, "/_vaeproxy/samples/p/0", &[]).await;
@@ -378,7 +386,76 @@ async fn bad_generation_parameters_get_reasons() {
         metrics(&proxy)
             .await
             .get("vaeproxy_derived_generated_total{kind=\"variation\"}"),
-        None
+        Some(&0.0),
+        "no bad request made the model work"
+    );
+}
+
+#[tokio::test]
+async fn on_demand_generation_is_opt_in_and_bounded() {
+    let origin = photo_origin().await;
+    let pool = "[[samples]]\nname = \"v\"\nwidth = 64\nheight = 48\ncount = 1\n";
+    // The defaults: both routes off, sample pools on.
+    let off = start_proxy(
+        &format!("[[route]]\norigin = \"{{origin}}\"\n{pool}"),
+        &origin.url(),
+    )
+    .await;
+    get(&off.url("/a.jpg"), &[]).await;
+    let r = get(&off.url("/_vaeproxy/variations/v?of=/a.jpg"), &[]).await;
+    assert_eq!(r.status, 404);
+    assert!(String::from_utf8_lossy(&r.body).contains("[generative] variations"));
+    let r = get(&off.url("/_vaeproxy/interpolate?a=/a.jpg&b=/a.jpg"), &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        wait_ready(&off, "/_vaeproxy/samples/v/0", &[]).await.status,
+        200
+    );
+    assert_eq!(
+        metric(
+            &off,
+            "vaeproxy_generative_refused_total{reason=\"disabled\"}"
+        )
+        .await,
+        2.0
+    );
+
+    // On, two new ones per address per minute: the third is a 429, while a
+    // made one is still served.
+    let toml = format!(
+        "[generative]\nvariations = true\ninterpolations = true\nper_ip_per_minute = 2\n\
+         [[route]]\norigin = \"{{origin}}\"\n{pool}"
+    );
+    let on = start_proxy(&toml, &origin.url()).await;
+    get(&on.url("/a.jpg"), &[]).await;
+    get(&on.url("/b.png"), &[]).await;
+    let made = "/_vaeproxy/variations/v?of=/a.jpg&n=1";
+    assert_eq!(get(&on.url(made), &[]).await.status, 200);
+    let lerp = "/_vaeproxy/interpolate?a=/a.jpg&b=/b.png&steps=2";
+    assert_eq!(get(&on.url(lerp), &[]).await.status, 200);
+    let third = get(&on.url("/_vaeproxy/variations/v?of=/b.png&n=1"), &[]).await;
+    assert_eq!(third.status, 429);
+    assert!(third.header("retry-after").is_some());
+    assert_eq!(
+        get(&on.url(made), &[]).await.status,
+        200,
+        "made ones are served"
+    );
+
+    // A model-time budget of zero refuses every new one with a 503.
+    let toml = toml.replace("per_ip_per_minute = 2", "model_seconds_per_minute = 0.0");
+    let spent = start_proxy(&toml, &origin.url()).await;
+    get(&spent.url("/a.jpg"), &[]).await;
+    let r = get(&spent.url(made), &[]).await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        metric(
+            &spent,
+            "vaeproxy_generative_refused_total{reason=\"model_time\"}"
+        )
+        .await,
+        1.0
     );
 }
 

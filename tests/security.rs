@@ -121,7 +121,12 @@ async fn gif_bomb_is_refused_before_decoding() {
     }
     let m = metrics(&proxy).await;
     assert_eq!(m["vaeproxy_guard_total{reason=\"too_large\"}"], 2.0);
-    assert_eq!(get(&proxy.url("/_vaeproxy/healthz"), &[]).await.status, 200);
+    assert_eq!(
+        get(&proxy.admin_url("/_vaeproxy/healthz"), &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -428,7 +433,12 @@ async fn clients_that_stop_reading_are_dropped() {
         )
         .await
         .unwrap();
-    assert_eq!(get(&proxy.url("/_vaeproxy/healthz"), &[]).await.status, 200);
+    assert_eq!(
+        get(&proxy.admin_url("/_vaeproxy/healthz"), &[])
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(
         metric(&proxy, "vaeproxy_client_write_timeouts_total").await >= 5.0,

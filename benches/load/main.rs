@@ -404,7 +404,9 @@ fn on_fresh_proxy(
     let mut proxy = Server::vaeproxy(bin, origin, toml);
     proxy.wait_listening();
     let m = measure(rt, &proxy, load, Duration::from_secs_f64(secs), pick);
-    let metrics = rt.block_on(metrics(proxy.addr));
+    let metrics = rt.block_on(metrics(
+        proxy.admin.expect("vaeproxy has an admin listener"),
+    ));
     (m, metrics)
 }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub name: &'static str,
     pub addr: SocketAddr,
+    /// vaeproxy's admin listener (metrics); nginx has none.
+    pub admin: Option<SocketAddr>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -26,10 +28,12 @@ impl Server {
     /// to the config (cache, codec, samples sections).
     pub fn vaeproxy(bin: &Path, origin: SocketAddr, toml: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = free_addr();
+        let (addr, admin) = (free_addr(), free_addr());
         let cfg = dir.path().join("vaeproxy.toml");
-        let text =
-            format!("listen = \"{addr}\"\n{toml}\n[[route]]\norigin = \"http://{origin}\"\n");
+        let text = format!(
+            "listen = \"{addr}\"\n{toml}\n[admin]\nlisten = \"{admin}\"\n\
+             [[route]]\norigin = \"http://{origin}\"\n"
+        );
         std::fs::write(&cfg, text).expect("config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log");
         let child = Command::new(bin)
@@ -46,6 +50,7 @@ impl Server {
         Server {
             name: "vaeproxy",
             addr,
+            admin: Some(admin),
             child,
             _dir: dir,
         }
@@ -114,6 +119,7 @@ http {{
         Server {
             name: "nginx",
             addr,
+            admin: None,
             child,
             _dir: dir,
         }

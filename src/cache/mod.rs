@@ -12,6 +12,7 @@
 
 pub mod freshness;
 pub mod key;
+pub mod purge;
 
 use bytes::Bytes;
 use freshness::Freshness;

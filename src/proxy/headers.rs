@@ -78,7 +78,7 @@ impl Proxy {
         };
         h.insert(header::HOST, cache::value(&host));
         let ip = ctx.peer.ip();
-        let trusted = self.inner.trusted.iter().any(|b| b.contains(ip));
+        let trusted = ctx.live.is_trusted(ip);
         if !trusted {
             for name in FORWARDING {
                 h.remove(name);
@@ -212,6 +212,28 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     {
         h.remove(n);
     }
+}
+
+/// Adds this cache's member to `Cache-Status` (RFC 9211), after any that
+/// the origin or caches behind it sent, as the RFC orders them.
+pub(super) fn add_cache_status(h: &mut HeaderMap, outcome: &str) {
+    let member = match outcome {
+        "hit" => "vaeproxy; hit",
+        // Served from the cache while stale (stale-while-revalidate,
+        // stale-if-error): still a hit, with why.
+        "stale" => "vaeproxy; hit; detail=stale",
+        "sample" | "derived" => "vaeproxy; hit; detail=generated",
+        "miss" => "vaeproxy; fwd=miss",
+        "revalidated" => "vaeproxy; fwd=stale",
+        "pass" => "vaeproxy; fwd=bypass",
+        "sample_pending" | "derived_busy" => "vaeproxy; detail=busy",
+        "error" => "vaeproxy; detail=error",
+        _ => "vaeproxy",
+    };
+    h.append(
+        header::HeaderName::from_static("cache-status"),
+        HeaderValue::from_static(member),
+    );
 }
 
 pub(super) fn add_via(h: &mut HeaderMap) {

@@ -57,12 +57,14 @@ impl Proxy {
                                 Arc::clone(&e),
                             );
                             tokio::spawn(async move {
+                                let live = me.live();
                                 let ctx = Ctx {
                                     upstream: &up,
                                     peer,
                                     host,
                                     key,
                                     req_cc: Directives::default(),
+                                    live: &live,
                                 };
                                 let _ = me.fetch(&p, &ctx, Some(e2)).await;
                                 drop(guard);
@@ -147,8 +149,7 @@ impl Proxy {
         }
         let req = self.origin_request(&Method::GET, &parts.uri, &headers, ctx, empty())?;
         let request_time = SystemTime::now();
-        inner.metrics.origin_requests.inc();
-        let resp = match inner.client.send(req).await {
+        let resp = match self.send(req).await {
             Ok(r) => r,
             Err(err) => {
                 return match stale {
@@ -226,7 +227,7 @@ impl Proxy {
             &rparts.headers,
             request_time,
             response_time,
-            inner.heuristic,
+            ctx.live.heuristic,
         );
         let (body, original) = self.filter(status, &rparts.headers, bytes).await;
         rparts.headers.remove(header::CONTENT_LENGTH);
@@ -243,8 +244,8 @@ impl Proxy {
     /// hold the requests coalesced behind it forever).
     pub(super) async fn collect(&self, body: ProxyBody) -> Result<Collected, HttpError> {
         let inner = &self.inner;
-        let deadline = Duration::from_millis(inner.cfg.limits.origin_body_deadline_ms);
-        let limit = inner.cfg.cache.max_object_bytes;
+        let deadline = Duration::from_millis(self.live().cfg.limits.origin_body_deadline_ms);
+        let limit = self.live().cfg.cache.max_object_bytes;
         match tokio::time::timeout(
             deadline,
             upstream::collect_up_to(body, limit, &inner.budget),
@@ -281,7 +282,8 @@ impl Proxy {
             m.guards.with_label_values(&[g.label()]).inc();
             (Stored::Plain(bytes), None)
         };
-        if status != StatusCode::OK || !inner.cfg.codec.enabled {
+        let cfg = self.live().cfg.codec.clone();
+        if status != StatusCode::OK || !cfg.enabled {
             return (Stored::Plain(bytes), None);
         }
         match transform::precheck(headers, &bytes) {
@@ -301,7 +303,6 @@ impl Proxy {
             };
         }
         let job_bytes = bytes.clone();
-        let cfg = inner.cfg.codec.clone();
         // Timed on the pool thread: the histogram is the model's cost, and the
         // queue wait shows in request latency instead.
         let rx = match inner.pool.try_run(move |codec| {
@@ -372,7 +373,7 @@ impl Proxy {
             &headers,
             request_time,
             response_time,
-            self.inner.heuristic,
+            self.live().heuristic,
         );
         Arc::new(e.freshened(headers, f))
     }

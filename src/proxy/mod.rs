@@ -25,7 +25,9 @@
 //! responses) streams through (`pass.rs`), and unsafe methods invalidate what
 //! they touch.
 
+mod generation;
 mod headers;
+mod log;
 mod lookup;
 pub mod negotiate;
 mod ops;
@@ -47,13 +49,17 @@ use crate::latent::wire::ModelId;
 use crate::metrics::Metrics;
 use crate::sampler::Sampler;
 use bytes::Bytes;
-use headers::{add_via, content_length, normalize_target, request_host, strip_port};
+use headers::{
+    add_cache_status, add_via, content_length, normalize_target, request_host, strip_port,
+};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use log::{status_class, AccessLog};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use transform::Memo;
 use upstream::{full, Budget, Held, OriginClient, ProxyBody, Upstream, Watched};
@@ -64,22 +70,95 @@ pub struct Proxy {
     inner: Arc<Inner>,
 }
 
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The site's visitors: routes, the cache, the generative routes.
+    Public,
+    /// The operator: health, metrics, purge; nothing is proxied.
+    Admin,
+}
+
 struct Inner {
-    upstreams: Vec<Upstream>,
+    /// What a SIGHUP may replace: each request reads one snapshot.
+    live: RwLock<Arc<Live>>,
     client: OriginClient,
     cache: Cache,
     pool: Pool,
     model: ModelId,
     metrics: Metrics,
-    cfg: Config,
-    heuristic: Heuristic,
     sampler: Sampler,
-    /// Peers whose forwarding headers are kept.
-    trusted: Vec<IpBlock>,
+    /// The demo origin's address, fixed for the process's life.
+    demo: Option<SocketAddr>,
     /// Bytes of origin bodies buffered for the cache, over all requests.
     budget: Budget,
     /// Encode results by content, so a refetch of the same bytes costs no model work.
     memo: Memo,
+    /// Open connections per client address (`limits.max_connections_per_ip`).
+    conns: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Budgets of the on-demand generative routes.
+    generative: Arc<generation::Limiter>,
+}
+
+/// The configuration in force and what is derived from it.
+struct Live {
+    cfg: Config,
+    upstreams: Vec<Upstream>,
+    heuristic: Heuristic,
+    /// Peers whose forwarding headers are kept.
+    trusted: Vec<IpBlock>,
+}
+
+impl Live {
+    fn new(cfg: Config, demo: Option<SocketAddr>) -> Result<Live, StartError> {
+        let upstreams = cfg
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                Upstream::from_route(r, demo).map_err(|reason| StartError::Route { index, reason })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let trusted = cfg
+            .trusted_proxies
+            .iter()
+            .map(|p| IpBlock::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::TrustedProxy)?;
+        let heuristic = Heuristic {
+            fraction: cfg.cache.heuristic_fraction,
+            max: Duration::from_secs(cfg.cache.heuristic_max_secs),
+        };
+        Ok(Live {
+            cfg,
+            upstreams,
+            heuristic,
+            trusted,
+        })
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|b| b.contains(ip))
+    }
+}
+
+/// A client connection's place in the per-address count; freed on drop.
+pub struct ConnectionSlot {
+    ip: Option<IpAddr>,
+    conns: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
+        let mut map = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
 }
 
 /// What a request needs from its route, carried through the phases.
@@ -90,6 +169,8 @@ struct Ctx<'a> {
     host: String,
     key: PrimaryKey,
     req_cc: Directives,
+    /// The configuration this request runs under.
+    live: &'a Live,
 }
 
 /// What the upstream phase produced for a cacheable request.
@@ -115,45 +196,99 @@ impl Proxy {
         demo: Option<SocketAddr>,
         sampler: Sampler,
     ) -> Result<Proxy, StartError> {
-        let upstreams = cfg
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(index, r)| {
-                Upstream::from_route(r, demo).map_err(|reason| StartError::Route { index, reason })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let cache = Cache::new(
             cfg.cache.capacity_bytes,
             cfg.cache.originals_bytes,
             Duration::from_secs(cfg.cache.keep_stale_secs),
         );
-        let heuristic = Heuristic {
-            fraction: cfg.cache.heuristic_fraction,
-            max: Duration::from_secs(cfg.cache.heuristic_max_secs),
-        };
-        let trusted = cfg
-            .trusted_proxies
-            .iter()
-            .map(|p| IpBlock::parse(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StartError::TrustedProxy)?;
         let (cfg_budget, cfg_memo) = (cfg.limits.max_buffered_bytes, cfg.cache.content_memo_bytes);
+        for g in transform::Guard::ALL {
+            metrics.guards.with_label_values(&[g.label()]);
+        }
+        let client = OriginClient::new(&cfg.limits);
+        let live = Live::new(cfg, demo)?;
         Ok(Proxy {
             inner: Arc::new(Inner {
-                upstreams,
-                client: OriginClient::new(&cfg.limits),
+                live: RwLock::new(Arc::new(live)),
+                client,
                 cache,
                 model: pool.codec().id(),
                 pool,
                 metrics,
-                cfg,
-                heuristic,
                 sampler,
-                trusted,
+                demo,
                 budget: Budget::new(cfg_budget),
                 memo: Memo::new(cfg_memo),
+                conns: Arc::default(),
+                generative: Arc::default(),
             }),
+        })
+    }
+
+    /// The configuration in force (one snapshot; a reload swaps it whole).
+    fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.inner.live.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.live().cfg.clone()
+    }
+
+    /// Replaces the configuration for the next requests: routes, trusted
+    /// proxies, the codec's per-request settings, limits, the generative
+    /// routes. Keys that only a restart can change are returned by name (the
+    /// running values stay). On error nothing changes.
+    pub fn reload(&self, cfg: Config) -> Result<Vec<&'static str>, StartError> {
+        let levels = self.inner.pool.codec().levels();
+        if usize::from(cfg.codec.quality) > usize::from(levels) {
+            return Err(StartError::Config(format!(
+                "codec.quality: {} but the weights have {levels} levels",
+                cfg.codec.quality
+            )));
+        }
+        let old = self.live();
+        let restart = restart_only_changes(&old.cfg, &cfg);
+        let live = Live::new(cfg, self.inner.demo)?;
+        let (a, b) = (&old.cfg.codec, &live.cfg.codec);
+        if (a.enabled, a.quality, a.max_pixels, a.max_image_bytes)
+            != (b.enabled, b.quality, b.max_pixels, b.max_image_bytes)
+            || a.psnr_floor != b.psnr_floor
+        {
+            // Remembered outcomes were decided under the old settings.
+            self.inner.memo.clear();
+        }
+        *self.inner.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        Ok(restart)
+    }
+
+    /// A slot outside the per-address count (the admin listener's).
+    pub fn unlimited_slot(&self) -> ConnectionSlot {
+        ConnectionSlot {
+            ip: None,
+            conns: Arc::clone(&self.inner.conns),
+        }
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when that address
+    /// already holds `limits.max_connections_per_ip`.
+    pub fn connection_slot(&self, ip: IpAddr) -> Option<ConnectionSlot> {
+        let live = self.live();
+        let conns = Arc::clone(&self.inner.conns);
+        if live.is_trusted(ip) {
+            return Some(ConnectionSlot { ip: None, conns });
+        }
+        let max = live.cfg.limits.max_connections_per_ip;
+        let mut map = conns.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        drop(map);
+        Some(ConnectionSlot {
+            ip: Some(ip),
+            conns,
         })
     }
 
@@ -169,32 +304,36 @@ impl Proxy {
         &self.inner.pool
     }
 
-    /// Serves one request; never fails (errors become responses with a reason).
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// Serves one request that came in on `role`'s listener; never fails
+    /// (errors become responses with a reason).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        role: Role,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         // The access log's fields cost allocations: only when it is on.
-        let log = tracing::enabled!(tracing::Level::INFO)
-            .then(|| (req.method().clone(), req.uri().path().to_string()));
-        let (resp, outcome) = match self.serve(req, peer).await {
-            Ok(r) => r,
-            Err(e) => (error_response(&e), "error"),
-        };
+        let log = tracing::enabled!(tracing::Level::INFO).then(|| AccessLog::of(&req, peer));
+        let (served, upstream) = log::timed(async {
+            match role {
+                Role::Public => self.serve(req, peer).await,
+                Role::Admin => self.admin(req).await,
+            }
+        })
+        .await;
+        let (mut resp, outcome) = served.unwrap_or_else(|e| (error_response(&e), "error"));
+        if role == Role::Public {
+            add_cache_status(resp.headers_mut(), outcome);
+        }
         let m = &self.inner.metrics;
         m.requests.with_label_values(&[outcome]).inc();
-        if let Some((method, path)) = log {
-            let bytes = resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info!(
-                %method,
-                path,
-                status = resp.status().as_u16(),
-                cache = outcome,
-                bytes,
-                ms = start.elapsed().as_millis() as u64,
-            );
+        let elapsed = start.elapsed();
+        m.request_seconds
+            .with_label_values(&[status_class(resp.status())])
+            .observe(elapsed.as_secs_f64());
+        if let Some(log) = log {
+            log.write(&resp, outcome, elapsed, upstream);
         }
         // Bodies here are either in memory or an origin body that already has
         // the idle timer: counting is all that is left to do.
@@ -206,29 +345,33 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
-        if let Some(r) = self.generated(&req).await {
+        if let Some(r) = self.generated(&req, peer).await {
             return r;
         }
         if req.uri().path().starts_with("/_vaeproxy/") {
-            return Ok((self.ops(req.uri().path()).await, "internal"));
+            // Health, metrics and purge are the admin listener's alone.
+            return Err(HttpError::NotFound(format!(
+                "no public endpoint {}",
+                req.uri().path()
+            )));
         }
         if req.uri().path() == "*" {
             return Ok((ops::asterisk(&req)?, "internal"));
         }
+        let live = self.live();
         let host = request_host(&req)?;
         let mut req = req;
         normalize_target(req.uri_mut())?;
         let path = req.uri().path().to_string();
         let host_only = strip_port(&host);
-        let upstream = self
-            .inner
+        let upstream = live
             .upstreams
             .iter()
             .find(|u| u.matches(host_only, &path))
             .ok_or_else(|| {
                 HttpError::NoRoute(format!("no route for host {host_only:?} and path {path:?}"))
             })?;
-        let max_body = self.inner.cfg.limits.max_request_body;
+        let max_body = live.cfg.limits.max_request_body;
         if let Some(len) = content_length(req.headers()) {
             if len > max_body {
                 return Err(HttpError::TooLarge(format!(
@@ -246,6 +389,7 @@ impl Proxy {
             key: PrimaryKey::new("http", &host, &pq),
             host,
             req_cc: freshness::directives(req.headers()),
+            live: &live,
         };
         // A GET/HEAD with a body is forwarded with its body, uncached: the
         // cache path sends none, and a declared length without the bytes
@@ -273,4 +417,70 @@ pub(super) fn error_response(e: &HttpError) -> Response<ProxyBody> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     add_via(h);
     r
+}
+
+/// Keys whose new values a running proxy cannot take (listeners, cache
+/// sizes, the model pool, the sample pools, origin timeouts): named in the
+/// reload's log line so the operator knows to restart.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |key: &'static str, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    check("listen", old.listen != new.listen);
+    check(
+        "admin",
+        (old.admin.enabled, old.admin.listen) != (new.admin.enabled, new.admin.listen),
+    );
+    let (a, b) = (&old.cache, &new.cache);
+    check(
+        "cache sizes",
+        (
+            a.capacity_bytes,
+            a.originals_bytes,
+            a.samples_bytes,
+            a.derived_bytes,
+        ) != (
+            b.capacity_bytes,
+            b.originals_bytes,
+            b.samples_bytes,
+            b.derived_bytes,
+        ) || a.keep_stale_secs != b.keep_stale_secs
+            || a.content_memo_bytes != b.content_memo_bytes,
+    );
+    let (a, b) = (&old.codec, &new.codec);
+    check(
+        "codec.weights/pool_threads/pool_queue",
+        a.weights != b.weights || a.pool_threads != b.pool_threads || a.pool_queue != b.pool_queue,
+    );
+    check(
+        "samples",
+        format!("{:?}", old.samples) != format!("{:?}", new.samples),
+    );
+    let (a, b) = (&old.limits, &new.limits);
+    check(
+        "limits (connections, timeouts toward clients and origins, buffers)",
+        (
+            a.connect_timeout_ms,
+            a.header_timeout_ms,
+            a.max_header_bytes,
+            a.max_connections,
+        ) != (
+            b.connect_timeout_ms,
+            b.header_timeout_ms,
+            b.max_header_bytes,
+            b.max_connections,
+        ) || (
+            a.client_write_timeout_ms,
+            a.max_buffered_bytes,
+            a.h2_max_streams,
+        ) != (
+            b.client_write_timeout_ms,
+            b.max_buffered_bytes,
+            b.h2_max_streams,
+        ) || a.shutdown_grace_secs != b.shutdown_grace_secs,
+    );
+    changed
 }

@@ -4,13 +4,13 @@
 
 use super::headers::{add_via, same_origin_key, strip_hop_by_hop};
 use super::upstream::{self, ClientBodyError, ProxyBody, Watched};
-use super::{Ctx, Proxy};
+use super::{log, Ctx, Proxy};
 use crate::error::HttpError;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Method, Request, Response};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 impl Proxy {
     /// Everything that is not a cacheable GET/HEAD: streamed both ways.
@@ -22,14 +22,14 @@ impl Proxy {
     ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
         let inner = &self.inner;
         let (parts, body) = req.into_parts();
-        let idle = Duration::from_millis(inner.cfg.limits.body_idle_timeout_ms);
-        let body = Limited::new(body, inner.cfg.limits.max_request_body as usize);
+        let limits = &ctx.live.cfg.limits;
+        let idle = Duration::from_millis(limits.body_idle_timeout_ms);
+        let body = Limited::new(body, limits.max_request_body as usize);
         let body = Watched::new(body, idle, inner.metrics.request_bytes.clone())
             .map_err(|e| -> upstream::BoxError { Box::new(ClientBodyError(e)) })
             .boxed();
         let req = self.origin_request(&parts.method, &parts.uri, &parts.headers, ctx, body)?;
-        inner.metrics.origin_requests.inc();
-        let resp = inner.client.send(req).await?;
+        let resp = self.send(req).await?;
         let unsafe_method = !matches!(
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
@@ -53,11 +53,37 @@ impl Proxy {
         Ok((Response::from_parts(rparts, self.origin_body(body)), "pass"))
     }
 
+    /// Phase 4: one request to an origin, counted, timed for the metrics
+    /// and the access line, its failure counted by kind.
+    pub(super) async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, HttpError> {
+        let m = &self.inner.metrics;
+        m.origin_requests.inc();
+        let started = Instant::now();
+        let r = self.inner.client.send(req).await;
+        let took = started.elapsed();
+        log::record_upstream(took);
+        m.origin_seconds.observe(took.as_secs_f64());
+        if let Err(e) = &r {
+            let kind = match e {
+                HttpError::GatewayTimeout(_) => "timeout",
+                HttpError::BadGateway(_) => "unreachable",
+                _ => "client_body",
+            };
+            m.origin_errors.with_label_values(&[kind]).inc();
+        }
+        r
+    }
+
     /// An origin body with the idle timeout, size limit and byte count.
     pub(super) fn origin_body(&self, body: Incoming) -> ProxyBody {
         let inner = &self.inner;
-        let idle = Duration::from_millis(inner.cfg.limits.body_idle_timeout_ms);
-        let limited = Limited::new(body, inner.cfg.limits.max_response_body as usize);
+        let live = self.live();
+        let limits = &live.cfg.limits;
+        let idle = Duration::from_millis(limits.body_idle_timeout_ms);
+        let limited = Limited::new(body, limits.max_response_body as usize);
         Watched::new(limited, idle, inner.metrics.origin_bytes.clone()).boxed()
     }
 }

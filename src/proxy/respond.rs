@@ -34,7 +34,7 @@ impl Proxy {
         let body: Bytes = match &e.body {
             Stored::Plain(b) => b.clone(),
             Stored::Latent { code, original_len } => {
-                let policy = inner.cfg.codec.reconstructions;
+                let policy = ctx.live.cfg.codec.reconstructions;
                 let choice = negotiate::choose(
                     &parts.headers,
                     ctx.req_cc.no_transform,
@@ -129,7 +129,6 @@ impl Proxy {
     ) -> Result<Bytes, HttpError> {
         let inner = &self.inner;
         inner.metrics.original_refetches.inc();
-        inner.metrics.origin_requests.inc();
         let mut headers = parts.headers.clone();
         for h in [
             header::IF_NONE_MATCH,
@@ -139,7 +138,7 @@ impl Proxy {
             headers.remove(h);
         }
         let req = self.origin_request(&Method::GET, &parts.uri, &headers, ctx, empty())?;
-        let resp = inner.client.send(req).await?;
+        let resp = self.send(req).await?;
         if resp.status() != StatusCode::OK {
             return Err(HttpError::BadGateway(format!(
                 "refetching the original image: origin answered {}",

@@ -14,6 +14,7 @@
 //! side; with it, one frame, which is negotiated like a cached image: a
 //! latent-capable client gets the frame's latent code.
 
+use super::generation::Refusal;
 use super::headers::request_host;
 use super::respond::not_modified;
 use super::upstream::{empty, full, ProxyBody};
@@ -28,6 +29,8 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
+use std::net::SocketAddr;
+use std::time::Instant;
 
 type Answer = Result<(Response<ProxyBody>, &'static str), HttpError>;
 
@@ -45,7 +48,11 @@ const DEFAULT_STEPS: u32 = 8;
 
 impl Proxy {
     /// Answers a generative route, or `None` when the path is not one.
-    pub(super) async fn generated(&self, req: &Request<Incoming>) -> Option<Answer> {
+    pub(super) async fn generated(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Option<Answer> {
         let path = req.uri().path();
         let route = if let Some(rest) = path.strip_prefix("/_vaeproxy/samples/") {
             Route::Sample(rest)
@@ -61,10 +68,26 @@ impl Proxy {
                 "generated images are read-only: use GET or HEAD".into(),
             )));
         }
+        let g = self.live().cfg.generative.clone();
+        let (on, key) = match route {
+            Route::Sample(_) => (true, ""),
+            Route::Variations(_) => (g.variations, "variations"),
+            Route::Interpolate => (g.interpolations, "interpolations"),
+        };
+        if !on {
+            self.inner
+                .metrics
+                .generative_refused
+                .with_label_values(&["disabled"])
+                .inc();
+            return Some(Err(HttpError::NotFound(format!(
+                "{path} is off on this proxy (the operator's [generative] {key} = true turns it on)"
+            ))));
+        }
         Some(match route {
             Route::Sample(rest) => self.sample(rest, req).await,
-            Route::Variations(pool) => self.variations(pool, req).await,
-            Route::Interpolate => self.interpolate(req).await,
+            Route::Variations(pool) => self.variations(pool, req, peer).await,
+            Route::Interpolate => self.interpolate(req, peer).await,
         })
     }
 
@@ -114,7 +137,7 @@ impl Proxy {
 
     /// `/_vaeproxy/variations/{pool}?of=URL&n=K[&index=I]`: the pool gives
     /// the seed, the temperature and the output format.
-    async fn variations(&self, pool: &str, req: &Request<Incoming>) -> Answer {
+    async fn variations(&self, pool: &str, req: &Request<Incoming>, peer: SocketAddr) -> Answer {
         let spec = self
             .inner
             .sampler
@@ -137,6 +160,9 @@ impl Proxy {
         if let Some(s) = sampler.derived(&key).await {
             return Ok((self.picture(req, &s, DERIVED_CC), "derived"));
         }
+        if let Some(refused) = self.refusal(peer) {
+            return Ok((refused, "refused"));
+        }
         let post = match sampler.posterior(code).await {
             Ok(p) => p,
             Err(e) => return self.not_derived(e, "variation"),
@@ -146,7 +172,7 @@ impl Proxy {
     }
 
     /// `/_vaeproxy/interpolate?a=URL&b=URL&steps=K[&index=I]`, as PNG.
-    async fn interpolate(&self, req: &Request<Incoming>) -> Answer {
+    async fn interpolate(&self, req: &Request<Incoming>, peer: SocketAddr) -> Answer {
         let q = Query::of(req.uri());
         let (a_url, b_url) = (q.required("a")?, q.required("b")?);
         let steps = q.number("steps", 2..=MAX_FRAMES)?.unwrap_or(DEFAULT_STEPS);
@@ -166,13 +192,57 @@ impl Proxy {
             code_hash(&a),
             code_hash(&b)
         );
+        if let Some(s) = self.inner.sampler.derived(&key).await {
+            return Ok((self.picture(req, &s, DERIVED_CC), "derived"));
+        }
+        if let Some(refused) = self.refusal(peer) {
+            return Ok((refused, "refused"));
+        }
         let job = move |codec: &crate::Codec| {
             sampler::interpolation(codec, &a, &b, steps, index, Output::PNG)
         };
         self.derived(req, key, "interpolation", job).await
     }
 
-    /// Serves `key` from the sampler's cache, running `job` on a miss.
+    /// Admits a new variation or interpolation from `peer` under the
+    /// `[generative]` budgets (`None`), or gives the 429/503 that refuses it.
+    fn refusal(&self, peer: SocketAddr) -> Option<Response<ProxyBody>> {
+        let cfg = self.live().cfg.generative.clone();
+        let refusal = match self.inner.generative.admit(peer.ip(), &cfg, Instant::now()) {
+            Ok(()) => return None,
+            Err(r) => r,
+        };
+        self.inner
+            .metrics
+            .generative_refused
+            .with_label_values(&[refusal.label()])
+            .inc();
+        let (e, wait) = match refusal {
+            Refusal::PerIp { retry_after } => (
+                HttpError::TooManyRequests(format!(
+                    "this address started {} new generations this minute, the limit",
+                    cfg.per_ip_per_minute
+                )),
+                retry_after,
+            ),
+            Refusal::ModelTime { retry_after } => (
+                HttpError::Unavailable(format!(
+                    "new generations used their {} model seconds this minute",
+                    cfg.model_seconds_per_minute
+                )),
+                retry_after,
+            ),
+        };
+        let mut r = error_response(&e);
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+        Some(r)
+    }
+
+    /// Serves `key` from the sampler's cache, running `job` on a miss; the
+    /// job's model time is charged to the generative budget.
     async fn derived<F>(
         &self,
         req: &Request<Incoming>,
@@ -183,6 +253,13 @@ impl Proxy {
     where
         F: FnOnce(&crate::Codec) -> crate::Result<Sample> + Send + 'static,
     {
+        let limiter = std::sync::Arc::clone(&self.inner.generative);
+        let job = move |codec: &crate::Codec| {
+            let started = Instant::now();
+            let out = job(codec);
+            limiter.charge(started.elapsed());
+            out
+        };
         match self.inner.sampler.derive(key, kind, job).await {
             Ok(s) => Ok((self.picture(req, &s, DERIVED_CC), "derived")),
             Err(e) => self.not_derived(e, kind),

@@ -33,6 +33,19 @@ pub enum Guard {
 }
 
 impl Guard {
+    /// Every guard, for metrics that start at zero.
+    pub const ALL: [Guard; 9] = [
+        Guard::TooLarge,
+        Guard::Undecodable,
+        Guard::Alpha,
+        Guard::Animated,
+        Guard::NotSmaller,
+        Guard::LowPsnr,
+        Guard::NoTransform,
+        Guard::PoolFull,
+        Guard::Unsupported,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Guard::TooLarge => "too_large",
@@ -56,8 +69,9 @@ pub enum Transformed {
 }
 
 /// Encode outcomes by the SHA-256 of the original bytes. Every outcome of
-/// [`transform`] depends only on the bytes (the model and the codec config
-/// are fixed for a proxy's life), so a refetch that brings back the same
+/// [`transform`] depends only on the bytes (the model is fixed for a
+/// proxy's life; a reload that changes the codec settings clears the memo),
+/// so a refetch that brings back the same
 /// bytes (a client's `no-cache`, an invalidation by POST) reuses it instead
 /// of paying the model again; clients can no longer force encodes at will.
 #[derive(Clone)]
@@ -95,6 +109,13 @@ impl Memo {
 
     pub async fn get(&self, digest: &[u8; 32]) -> Option<Transformed> {
         self.cache.as_ref()?.get(digest).await
+    }
+
+    /// Forgets every outcome (a reload changed the codec settings they depend on).
+    pub fn clear(&self) {
+        if let Some(c) = &self.cache {
+            c.invalidate_all();
+        }
     }
 
     pub async fn insert(&self, digest: [u8; 32], t: Transformed) {

@@ -136,9 +136,10 @@ pub async fn start_origin(
     origin
 }
 
-/// A running proxy.
+/// A running proxy: the public listener and the admin listener.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -146,6 +147,11 @@ pub struct Proxy {
 impl Proxy {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on the admin listener (health, metrics, purge).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     /// Sends the shutdown signal and waits until the server has stopped.
@@ -169,15 +175,22 @@ pub async fn start_proxy(toml: &str, origin: &str) -> Proxy {
     let proxy = vaeproxy::server::build(cfg, codec()).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
-        vaeproxy::server::run(listener, proxy, &limits, async {
+        let stop = vaeproxy::shutdown::Trigger::new();
+        let admin_run =
+            vaeproxy::server::run_admin(admin_listener, proxy.clone(), &limits, stop.wait());
+        let public = vaeproxy::server::run(listener, proxy, &limits, async {
             let _ = rx.await;
-        })
-        .await
+            stop.fire();
+        });
+        tokio::join!(public, admin_run);
     });
     Proxy {
         addr,
+        admin,
         shutdown: Some(tx),
         done: Some(done),
     }
@@ -235,7 +248,7 @@ pub async fn send_body(method: &str, url: &str, headers: &[(&str, &str)], body: 
 
 /// Value of one metric line (`name` including labels) from /_vaeproxy/metrics.
 pub async fn metric(proxy: &Proxy, name: &str) -> f64 {
-    let text = get(&proxy.url("/_vaeproxy/metrics"), &[]).await.body;
+    let text = get(&proxy.admin_url("/_vaeproxy/metrics"), &[]).await.body;
     let text = String::from_utf8(text.to_vec()).unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
@@ -245,7 +258,7 @@ pub async fn metric(proxy: &Proxy, name: &str) -> f64 {
 
 /// All metric lines, for assertions messages.
 pub async fn metrics(proxy: &Proxy) -> HashMap<String, f64> {
-    let text = get(&proxy.url("/_vaeproxy/metrics"), &[]).await.body;
+    let text = get(&proxy.admin_url("/_vaeproxy/metrics"), &[]).await.body;
     String::from_utf8(text.to_vec())
         .unwrap()
         .lines()

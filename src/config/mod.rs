@@ -3,6 +3,9 @@
 //! then validated once. Every problem comes back as one message naming the
 //! key and what is wrong with it.
 
+mod locate;
+
+pub use locate::{Source, SEARCH_PATH};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +37,72 @@ pub struct Config {
     /// `Via` are kept and appended to; from anyone else they are dropped, so a
     /// client cannot make the origin believe a forged address or host.
     pub trusted_proxies: Vec<String>,
+    /// The operator's listener: health, metrics and purge.
+    pub admin: AdminConfig,
+    /// `text` (one line per event) or `json` (one object per line, for log pipelines).
+    pub log_format: LogFormat,
+    /// Variations and interpolations, which make the model work on request.
+    pub generative: GenerativeConfig,
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The admin listener. Health, metrics and `PURGE` answer only here, never
+/// on the public `listen`, so a site's visitors can neither read the
+/// operator's numbers nor empty the cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Run the admin listener at all (off: no health, metrics or purge anywhere).
+    pub enabled: bool,
+    /// Where it listens; keep it on loopback or a private network.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:9901".parse().expect("valid literal"),
+        }
+    }
+}
+
+/// On-demand generation (`/_vaeproxy/variations/...`, `/_vaeproxy/interpolate`).
+/// Each new one costs up to seconds of model time, so both are off unless the
+/// operator turns them on, and then bounded per client and in total.
+/// Already made ones are served from the sampler's cache whatever the limits;
+/// the pre-generated sample pools are never limited (no model work per request).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerativeConfig {
+    /// Serve `/_vaeproxy/variations/{pool}`.
+    pub variations: bool,
+    /// Serve `/_vaeproxy/interpolate`.
+    pub interpolations: bool,
+    /// New variations/interpolations one client address may start per minute (429 beyond).
+    pub per_ip_per_minute: u32,
+    /// Model seconds all new variations/interpolations may use per minute
+    /// (503 with Retry-After beyond), so live encodes keep the pool.
+    pub model_seconds_per_minute: f64,
+}
+
+impl Default for GenerativeConfig {
+    fn default() -> Self {
+        GenerativeConfig {
+            variations: false,
+            interpolations: false,
+            per_ip_per_minute: 10,
+            model_seconds_per_minute: 20.0,
+        }
+    }
 }
 
 /// Output format of sampled images.
@@ -202,6 +271,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Client connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// Open connections one client address may hold (slowloris from a few
+    /// hosts cannot take every slot); `trusted_proxies` are exempt.
+    pub max_connections_per_ip: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_secs: u64,
     /// A connection with a response in progress that takes no response bytes
@@ -228,6 +300,9 @@ impl Default for Config {
             limits: Limits::default(),
             samples: vec![SamplePool::default_pool()],
             trusted_proxies: Vec::new(),
+            admin: AdminConfig::default(),
+            log_format: LogFormat::Text,
+            generative: GenerativeConfig::default(),
         }
     }
 }
@@ -274,6 +349,7 @@ impl Default for Limits {
             max_response_body: 1 << 30,
             max_header_bytes: 64 << 10,
             max_connections: 4096,
+            max_connections_per_ip: 256,
             shutdown_grace_secs: 30,
             client_write_timeout_ms: 30_000,
             origin_body_deadline_ms: 120_000,
@@ -293,12 +369,23 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            // toml's message already names the key and the line.
-            ConfigError(e.to_string().trim_end().replace('\n', " "))
-        })?;
+        let cfg = Self::parse(text)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses TOML text without validating it.
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        // toml's message names the key and shows the line with a caret
+        // under the problem: kept whole, line breaks and all.
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))
+    }
+
+    /// Reads and parses `path` (not validated); errors name the file.
+    pub fn parse_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
     /// Checks what serde cannot: URLs, ranges, consistency.
@@ -402,6 +489,11 @@ impl Config {
                 "limits.max_connections: must be at least 1".into(),
             ));
         }
+        if self.limits.max_connections_per_ip == 0 {
+            return Err(ConfigError(
+                "limits.max_connections_per_ip: must be at least 1".into(),
+            ));
+        }
         if self.limits.max_header_bytes < 8192 {
             return Err(ConfigError(
                 "limits.max_header_bytes: must be at least 8192".into(),
@@ -428,6 +520,18 @@ impl Config {
         }
         for (i, p) in self.trusted_proxies.iter().enumerate() {
             IpBlock::parse(p).map_err(|e| ConfigError(format!("trusted_proxies[{i}]: {e}")))?;
+        }
+        if self.admin.enabled && self.admin.listen == self.listen {
+            return Err(ConfigError(format!(
+                "admin.listen: {} is also `listen`; the admin listener needs its own address",
+                self.listen
+            )));
+        }
+        let g = &self.generative;
+        if !(g.model_seconds_per_minute.is_finite() && g.model_seconds_per_minute >= 0.0) {
+            return Err(ConfigError(
+                "generative.model_seconds_per_minute: must be a number of seconds >= 0".into(),
+            ));
         }
         Ok(())
     }
