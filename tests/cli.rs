@@ -384,3 +384,63 @@ fn eval_v2_reports_every_level() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("canyon.jpg"));
 }
+
+/// `log_format = "json"`: the access line is one JSON object with the
+/// client, host, query, user agent and upstream time.
+#[test]
+fn json_access_log() {
+    use std::io::{BufRead, Write};
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nlog_format = \"json\"\nsamples = []\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[[route]]\norigin = \"http://127.0.0.1:9\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if status_of(admin, "/_vaeproxy/healthz", "t") == 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /p?q=1 HTTP/1.1\r\nHost: site.test\r\nUser-Agent: probe/1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut reply);
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut found = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("every line is JSON");
+        if v["path"] == "/p" {
+            found = Some(v);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let v = found.expect("an access line");
+    assert_eq!(v["target"], "vaeproxy::access");
+    assert_eq!(v["client"], "127.0.0.1");
+    assert_eq!(v["host"], "site.test");
+    assert_eq!(v["query"], "q=1");
+    assert_eq!(v["user_agent"], "probe/1");
+    assert_eq!(v["status"], 502);
+    assert!(
+        v["upstream_ms"].as_i64().unwrap() >= 0,
+        "the origin was asked: {v}"
+    );
+}

@@ -4,6 +4,7 @@
 //! key and what is wrong with it.
 
 mod locate;
+mod units;
 
 pub use locate::{Source, SEARCH_PATH};
 use serde::Deserialize;
@@ -194,25 +195,33 @@ pub struct Route {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Bytes for cached responses, with images held as latent codes.
+    #[serde(deserialize_with = "units::bytes")]
     pub capacity_bytes: u64,
     /// Bytes for original image bytes kept for ordinary clients; 0 = always
     /// refetch originals from the origin (the latent tier alone is kept).
+    #[serde(deserialize_with = "units::bytes")]
     pub originals_bytes: u64,
     /// Largest single response body that is cached; bigger ones stream through.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_object_bytes: u64,
     /// Bytes for sampled images, apart from ordinary traffic so it cannot evict them.
+    #[serde(deserialize_with = "units::bytes")]
     pub samples_bytes: u64,
     /// Bytes for variations and interpolations made on request.
+    #[serde(deserialize_with = "units::bytes")]
     pub derived_bytes: u64,
     /// How long a stale response with validators is kept for revalidation.
+    #[serde(deserialize_with = "units::secs")]
     pub keep_stale_secs: u64,
     /// Heuristic freshness as a fraction of (Date - Last-Modified), RFC 9111 4.2.2.
     pub heuristic_fraction: f64,
     /// Upper bound of heuristic freshness.
+    #[serde(deserialize_with = "units::secs")]
     pub heuristic_max_secs: u64,
     /// Bytes for encode results keyed by the SHA-256 of the original image:
     /// a refetch (client `no-cache`, an invalidation) that brings back the
     /// same bytes reuses the latent instead of paying the model again.
+    #[serde(deserialize_with = "units::bytes")]
     pub content_memo_bytes: u64,
 }
 
@@ -244,6 +253,7 @@ pub struct CodecConfig {
     /// Images with more pixels than this are not decoded (decompression bombs).
     pub max_pixels: u64,
     /// Image bodies larger than this are not decoded.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_image_bytes: u64,
     /// Threads that run the model. Each also uses candle's own threads.
     pub pool_threads: usize,
@@ -258,16 +268,22 @@ pub struct CodecConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Connecting to an origin.
+    #[serde(deserialize_with = "units::millis")]
     pub connect_timeout_ms: u64,
     /// From sending the request to the origin's response head.
+    #[serde(deserialize_with = "units::millis")]
     pub header_timeout_ms: u64,
     /// Longest pause between two pieces of a body, either direction.
+    #[serde(deserialize_with = "units::millis")]
     pub body_idle_timeout_ms: u64,
     /// Largest request body accepted from a client.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_request_body: u64,
     /// Largest response body accepted from an origin.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_response_body: u64,
     /// Largest request head (request line + headers) from a client.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_header_bytes: usize,
     /// Client connections served at once; more wait in the accept queue.
     pub max_connections: usize,
@@ -275,16 +291,20 @@ pub struct Limits {
     /// hosts cannot take every slot); `trusted_proxies` are exempt.
     pub max_connections_per_ip: usize,
     /// How long shutdown waits for in-flight requests.
+    #[serde(deserialize_with = "units::secs")]
     pub shutdown_grace_secs: u64,
     /// A connection with a response in progress that takes no response bytes
     /// for this long (a client that stopped reading, an HTTP/2 peer that
     /// sends no WINDOW_UPDATE) is closed, freeing what it holds.
+    #[serde(deserialize_with = "units::millis")]
     pub client_write_timeout_ms: u64,
     /// Longest time to receive a whole origin body that is being buffered
     /// for the cache (requests coalesced behind it wait on it); past it: 504.
+    #[serde(deserialize_with = "units::millis")]
     pub origin_body_deadline_ms: u64,
     /// Bytes of origin bodies buffered for the cache at once, over every
     /// request; beyond it, responses stream through uncached.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_buffered_bytes: u64,
     /// Concurrent HTTP/2 streams per client connection.
     pub h2_max_streams: u32,
