@@ -38,6 +38,9 @@ pub struct Config {
     /// `Via` are kept and appended to; from anyone else they are dropped, so a
     /// client cannot make the origin believe a forged address or host.
     pub trusted_proxies: Vec<String>,
+    /// PEM file of extra CA certificates that `https://` origins may be
+    /// signed by (a private CA), on top of the Mozilla roots.
+    pub origin_ca_file: Option<PathBuf>,
     /// The operator's listener: health, metrics and purge.
     pub admin: AdminConfig,
     /// `text` (one line per event) or `json` (one object per line, for log pipelines).
@@ -320,6 +323,7 @@ impl Default for Config {
             limits: Limits::default(),
             samples: vec![SamplePool::default_pool()],
             trusted_proxies: Vec::new(),
+            origin_ca_file: None,
             admin: AdminConfig::default(),
             log_format: LogFormat::Text,
             generative: GenerativeConfig::default(),
@@ -541,6 +545,14 @@ impl Config {
         for (i, p) in self.trusted_proxies.iter().enumerate() {
             IpBlock::parse(p).map_err(|e| ConfigError(format!("trusted_proxies[{i}]: {e}")))?;
         }
+        if let Some(p) = &self.origin_ca_file {
+            if !p.is_file() {
+                return Err(ConfigError(format!(
+                    "origin_ca_file: {} does not exist",
+                    p.display()
+                )));
+            }
+        }
         if self.admin.enabled && self.admin.listen == self.listen {
             return Err(ConfigError(format!(
                 "admin.listen: {} is also `listen`; the admin listener needs its own address",
@@ -626,24 +638,28 @@ impl IpBlock {
 /// An origin URL split into what the upstream client needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// `https://` origins are reached over TLS (rustls), verified against
+    /// the Mozilla roots and `origin_ca_file`.
+    pub tls: bool,
     /// `host:port` to connect to and, unless the route preserves it, send as Host.
     pub authority: String,
     /// Path prepended to every request path ("" for none).
     pub base_path: String,
 }
 
-/// Accepts `http://host[:port][/base]` only: no TLS to origins yet, no query.
+/// Accepts `http://host[:port][/base]` and `https://...`; no user info, no query.
 pub fn parse_origin(s: &str) -> Result<Origin, String> {
     let uri: hyper::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         Some(other) => {
             return Err(format!(
-                "{s:?}: scheme {other} is not supported (http only)"
+                "{s:?}: scheme {other} is not supported (http or https)"
             ))
         }
-        None => return Err(format!("{s:?}: needs http://")),
-    }
+        None => return Err(format!("{s:?}: needs http:// or https://")),
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| format!("{s:?}: no host"))?
@@ -657,6 +673,7 @@ pub fn parse_origin(s: &str) -> Result<Origin, String> {
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     Ok(Origin {
+        tls,
         authority,
         base_path,
     })
@@ -739,5 +756,8 @@ mod tests {
         assert_eq!(o.authority, "example.com:81");
         assert_eq!(o.base_path, "/base");
         assert!(parse_origin("http://u:p@example.com").is_err());
+        assert!(!o.tls);
+        let o = parse_origin("https://example.com").unwrap();
+        assert!(o.tls && o.authority == "example.com");
     }
 }

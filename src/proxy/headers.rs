@@ -57,7 +57,7 @@ impl Proxy {
             )));
         }
         let target = Uri::builder()
-            .scheme("http")
+            .scheme(if o.tls { "https" } else { "http" })
             .authority(o.authority.as_str())
             .path_and_query(format!("{}{}", o.base_path, pq))
             .build()

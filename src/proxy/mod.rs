@@ -205,7 +205,8 @@ impl Proxy {
         for g in transform::Guard::ALL {
             metrics.guards.with_label_values(&[g.label()]);
         }
-        let client = OriginClient::new(&cfg.limits);
+        let client = OriginClient::new(&cfg.limits, cfg.origin_ca_file.as_deref())
+            .map_err(StartError::Config)?;
         let live = Live::new(cfg, demo)?;
         Ok(Proxy {
             inner: Arc::new(Inner {
@@ -430,6 +431,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         }
     };
     check("listen", old.listen != new.listen);
+    check("origin_ca_file", old.origin_ca_file != new.origin_ca_file);
     check(
         "admin",
         (old.admin.enabled, old.admin.listen) != (new.admin.enabled, new.admin.listen),

@@ -8,11 +8,15 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounter;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -68,25 +72,57 @@ impl Upstream {
     }
 }
 
-/// The pooled HTTP/1.1 client to every origin.
+/// The pooled HTTP/1.1 client to every origin, plain or TLS.
 #[derive(Clone)]
 pub struct OriginClient {
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     header_timeout: Duration,
 }
 
 impl OriginClient {
-    pub fn new(limits: &Limits) -> OriginClient {
+    /// `ca_file`: extra PEM roots for `https://` origins (a private CA).
+    pub fn new(limits: &Limits, ca_file: Option<&Path>) -> Result<OriginClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(p) = ca_file {
+            let certs = CertificateDer::pem_file_iter(p)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("origin_ca_file {}: {e}", p.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "origin_ca_file {}: no certificates in it",
+                    p.display()
+                ));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("origin_ca_file {}: {e}", p.display()))?;
+            }
+        }
+        // ring, not the platform's crypto: nothing to install, same on every machine.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(Duration::from_millis(limits.connect_timeout_ms)));
         conn.set_nodelay(true);
+        conn.enforce_http(false);
+        let conn = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(conn);
-        OriginClient {
+        Ok(OriginClient {
             client,
             header_timeout: Duration::from_millis(limits.header_timeout_ms),
-        }
+        })
     }
 
     /// Sends `req` and waits for the response head, within the header timeout.
