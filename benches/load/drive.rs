@@ -1,6 +1,9 @@
-//! The load generator: `concurrency` HTTP/1.1 keep-alive connections, each
-//! sending one request at a time, until a deadline or a request count. The
-//! same code drives vaeproxy and nginx.
+//! The load generator, two ways. Closed loop ([`drive`]): `concurrency`
+//! HTTP/1.1 keep-alive connections, each sending one request at a time,
+//! until a deadline or a request count; its percentiles hide queueing (a
+//! slow answer delays the next send). Open loop ([`drive_open`]): requests
+//! go out at a fixed rate whatever the answers, each timed from when it was
+//! *meant* to be sent, so queueing shows. The same code drives vaeproxy and nginx.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -97,6 +100,105 @@ pub async fn drive(
     run
 }
 
+/// Most requests in flight in open loop; beyond it a send is counted as an
+/// error instead of growing the client without bound.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// Open loop: request `i` is due at `start + i / rate`; each is sent on an
+/// idle keep-alive connection (or a new one) at its due time, and its
+/// latency runs from that due time, not from when a connection was free.
+/// Latencies are kept whole and sorted (exact percentiles).
+pub async fn drive_open(
+    addr: SocketAddr,
+    rate: f64,
+    duration: Duration,
+    max: u64,
+    pick: Picker,
+) -> Run {
+    let idle: Arc<std::sync::Mutex<Vec<Sender>>> = Arc::default();
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let mut rng = StdRng::seed_from_u64(0x0BE7);
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut tasks = Vec::new();
+    let mut refused = 0u64;
+    let total = ((duration.as_secs_f64() * rate) as u64).min(max);
+    for n in 0..total {
+        let due = start + period.mul_f64(n as f64);
+        tokio::time::sleep_until(due.into()).await;
+        if in_flight.load(Ordering::Relaxed) as usize >= MAX_IN_FLIGHT {
+            refused += 1;
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let p = pick(n, &mut rng);
+        let (idle, in_flight) = (Arc::clone(&idle), Arc::clone(&in_flight));
+        tasks.push(tokio::spawn(async move {
+            let pooled = idle.lock().expect("idle pool").pop();
+            let sender = match pooled {
+                Some(s) if !s.is_closed() => Some(s),
+                _ => connect(addr).await,
+            };
+            let out = match sender {
+                None => Err(false),
+                Some(mut sender) => match send(&mut sender, addr, &p).await {
+                    Ok(answer) => {
+                        idle.lock().expect("idle pool").push(sender);
+                        Ok(answer)
+                    }
+                    Err(timed_out) => Err(timed_out),
+                },
+            };
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            (out, due.elapsed())
+        }));
+    }
+    let mut run = Run {
+        errors: refused,
+        ..Run::default()
+    };
+    for t in tasks {
+        let (out, latency) = t.await.expect("request task");
+        match out {
+            Ok((ok, len)) => {
+                run.latencies
+                    .push(latency.as_micros().min(u32::MAX as u128) as u32);
+                run.bytes += len as u64;
+                if !ok {
+                    run.errors += 1;
+                }
+            }
+            Err(true) => run.timeouts += 1,
+            Err(false) => run.errors += 1,
+        }
+    }
+    run.latencies.sort_unstable();
+    run.elapsed = start.elapsed();
+    run
+}
+
+/// One request on `sender`: (status < 400, body length), or whether it
+/// failed by timing out.
+async fn send(sender: &mut Sender, addr: SocketAddr, p: &Pick) -> Result<(bool, usize), bool> {
+    let mut req = Request::get(p.path.as_str()).header("host", addr.to_string());
+    if let Some(a) = &p.accept {
+        req = req.header("accept", &**a);
+    }
+    let req = req.body(Empty::new()).expect("request");
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let resp = sender.send_request(req).await?;
+        let ok = resp.status().as_u16() < 400;
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((ok, body.len()))
+    })
+    .await;
+    match answer {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(_)) => Err(false),
+        Err(_) => Err(true),
+    }
+}
+
 type Sender = http1::SendRequest<Empty<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Option<Sender> {
@@ -118,7 +220,6 @@ async fn worker(
     let mut rng = StdRng::seed_from_u64(0x5EED ^ id);
     let mut run = Run::default();
     let mut tx: Option<Sender> = None;
-    let host = addr.to_string();
     while Instant::now() < deadline {
         let n = sent.fetch_add(1, Ordering::Relaxed);
         if n >= max {
@@ -133,21 +234,9 @@ async fn worker(
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let mut req = Request::get(p.path.as_str()).header("host", host.as_str());
-        if let Some(a) = &p.accept {
-            req = req.header("accept", &**a);
-        }
-        let req = req.body(Empty::new()).expect("request");
         let t = Instant::now();
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let resp = sender.send_request(req).await?;
-            let ok = resp.status().as_u16() < 400;
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((ok, body.len()))
-        })
-        .await;
-        match answer {
-            Ok(Ok((ok, len))) => {
+        match send(sender, addr, &p).await {
+            Ok((ok, len)) => {
                 run.latencies
                     .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 run.bytes += len as u64;
@@ -155,11 +244,11 @@ async fn worker(
                     run.errors += 1;
                 }
             }
-            Ok(Err(_)) => {
+            Err(false) => {
                 run.errors += 1;
                 tx = None;
             }
-            Err(_) => {
+            Err(true) => {
                 run.timeouts += 1;
                 tx = None;
             }

@@ -11,7 +11,7 @@ mod origin;
 mod servers;
 
 use clap::Parser;
-use drive::{drive, probe, Pick, Picker, Run};
+use drive::{drive, drive_open, probe, Pick, Picker, Run};
 use rand::Rng;
 use rand_distr::{Distribution, Zipf};
 use servers::Server;
@@ -61,6 +61,13 @@ struct Args {
     /// Where to write the results table as CSV.
     #[arg(long, default_value = "target/load/results.csv")]
     csv: PathBuf,
+    /// Open loop: send at this fixed rate (requests/s) whatever the answers,
+    /// with latency counted from each request's intended send time, so a
+    /// server that falls behind shows its queue (no coordinated omission).
+    /// Without it every scenario is closed-loop (`concurrency` clients, one
+    /// request at a time each).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -143,7 +150,7 @@ fn main() {
             let mut theirs = Vec::new();
             for _ in 0..rounds {
                 let picker = hit_picker(sc, &args, &accept);
-                let load = (args.concurrency, args.max_requests);
+                let load = (args.concurrency, args.max_requests, args.rate);
                 mine.push(measure(&rt, &proxy, load, dur, picker.clone()));
                 if let Some(n) = nginx.as_mut().filter(|_| sc != "samples") {
                     theirs.push(measure(&rt, n, load, dur, picker));
@@ -172,6 +179,15 @@ fn main() {
         rows.push(zipf_scenario(&rt, proxy, &args, &accept, zimages));
     }
 
+    if let Some(r) = args.rate {
+        // Open loop: the client count is irrelevant; say what ran.
+        for row in &mut rows {
+            row.note = format!(
+                "open loop at {r} req/s, latency from the intended send; {}",
+                row.note
+            );
+        }
+    }
     print_table(&rows);
     if let Err(e) = write_csv(&args.csv, &rows) {
         eprintln!("{}: {e}", args.csv.display());
@@ -268,13 +284,16 @@ async fn warm(server: &Server, args: &Args, accept: &Arc<str>, samples: bool) {
 fn measure(
     rt: &tokio::runtime::Runtime,
     server: &Server,
-    (concurrency, max): (usize, u64),
+    (concurrency, max, rate): (usize, u64, Option<f64>),
     dur: Duration,
     pick: Picker,
 ) -> (Run, f64, f64) {
     server.reset_peak();
     let cpu = server.cpu_seconds();
-    let run = rt.block_on(drive(server.addr, concurrency, dur, max, pick));
+    let run = match rate {
+        None => rt.block_on(drive(server.addr, concurrency, dur, max, pick)),
+        Some(r) => rt.block_on(drive_open(server.addr, r, dur, max, pick)),
+    };
     (run, server.cpu_seconds() - cpu, server.peak_rss_mib())
 }
 
@@ -312,7 +331,7 @@ fn encode_scenario(
         accept: Some(accept.clone()),
     });
     let concurrency = factor * (POOL_THREADS + POOL_QUEUE);
-    let load = (concurrency, args.max_requests);
+    let load = (concurrency, args.max_requests, args.rate);
     // At capacity the rate is low, so it runs longer; overload answers fast.
     let secs = args.seconds * if factor == 1 { 1.5 } else { 1.0 };
     let (m, metrics) = on_fresh_proxy(rt, (bin, origin, toml), load, secs, pick);
@@ -371,7 +390,7 @@ fn zipf_scenario(
             accept: latent.then(|| accept.clone()),
         }
     });
-    let load = (args.concurrency, args.max_requests);
+    let load = (args.concurrency, args.max_requests, args.rate);
     let secs = args.seconds * 1.5;
     let (m, mx) = on_fresh_proxy(rt, (bin, origin, &toml), load, secs, pick);
     let get = |k: &str| mx.get(k).copied().unwrap_or(0.0);
@@ -397,7 +416,7 @@ fn zipf_scenario(
 fn on_fresh_proxy(
     rt: &tokio::runtime::Runtime,
     (bin, origin, toml): (&Path, SocketAddr, &str),
-    load: (usize, u64),
+    load: (usize, u64, Option<f64>),
     secs: f64,
     pick: Picker,
 ) -> ((Run, f64, f64), HashMap<String, f64>) {
