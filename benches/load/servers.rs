@@ -24,7 +24,8 @@ fn free_addr() -> SocketAddr {
 }
 
 impl Server {
-    /// `vaeproxy serve` routing everything to `origin`; `toml` is appended
+    /// `vaeproxy serve` routing everything to `origin` (every client is
+    /// 127.0.0.1, so the per-address connection cap is lifted); `toml` is appended
     /// to the config (cache, codec, samples sections).
     pub fn vaeproxy(bin: &Path, origin: SocketAddr, toml: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -32,6 +33,7 @@ impl Server {
         let cfg = dir.path().join("vaeproxy.toml");
         let text = format!(
             "listen = \"{addr}\"\n{toml}\n[admin]\nlisten = \"{admin}\"\n\
+             [limits]\nmax_connections_per_ip = 65536\n\
              [[route]]\norigin = \"http://{origin}\"\n"
         );
         std::fs::write(&cfg, text).expect("config");
