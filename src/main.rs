@@ -620,11 +620,11 @@ fn eval_v2(network: &Path, dir: &Path) -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     println!(
-        "level  bpp     psnr   ms_ssim  enc_ms  dec_ms   ({} images)",
+        "level  bpp     psnr   ms_ssim  enc_ms  dec_ms  grid4  grid8  grid16  ({} images)",
         images.len()
     );
     for level in 0..codec.levels() {
-        let mut sum = [0f64; 5];
+        let mut sum = [0f64; 8];
         for img in &images {
             let t = Instant::now();
             let (coded, _) = codec.encode(img, level).map_err(|e| e.to_string())?;
@@ -640,18 +640,24 @@ fn eval_v2(network: &Path, dir: &Path) -> Result<(), String> {
                 codec::quality::ms_ssim(img, &out),
                 enc,
                 dec,
+                codec::quality::grid_excess(img, &out, 4),
+                codec::quality::grid_excess(img, &out, 8),
+                codec::quality::grid_excess(img, &out, 16),
             ]) {
                 *s += v / images.len() as f64;
             }
         }
         println!(
-            "{:>5}  {:.4}  {:.2}  {:.4}  {:>6.0}  {:>6.0}",
+            "{:>5}  {:.4}  {:.2}  {:.4}  {:>6.0}  {:>6.0}  {:.3}  {:.3}  {:.3}",
             level + 1,
             sum[0],
             sum[1],
             sum[2],
             sum[3],
-            sum[4]
+            sum[4],
+            sum[5],
+            sum[6],
+            sum[7]
         );
     }
     Ok(())
