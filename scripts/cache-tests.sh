@@ -49,3 +49,7 @@ for (const impl of ["nginx", "varnish", "squid", "trafficserver", "apache"]) {
   const [q] = count(process.argv[2] + "/results/" + impl + ".json")
   console.log(`${impl}: ${q} (published results in the suite)`)
 }' "$root/$dir/results.json" "$suite"
+echo "by the suite's own classifier (pass / fail / ...):"
+node "$root/scripts/cache-tests-classify.mjs" "$suite" "$root/$dir/results.json" \
+  "$suite/results/nginx.json" "$suite/results/varnish.json" "$suite/results/trafficserver.json" \
+  "$suite/results/squid.json" "$suite/results/apache.json"

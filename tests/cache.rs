@@ -272,3 +272,28 @@ async fn stale_if_error_and_must_revalidate() {
     let r = get(&proxy.url("/mr"), &[]).await;
     assert_eq!((r.status, &r.body[..]), (500, &b"broken"[..]));
 }
+
+/// `no-cache="x-secret"` (RFC 9111 5.2.2.4): the response is reused, but
+/// never with the field it names; the client that fetched it gets it whole.
+#[tokio::test]
+async fn qualified_no_cache_withholds_only_its_fields() {
+    let origin = start_origin(|_, _| {
+        Reply::ok(
+            "body",
+            &[
+                ("cache-control", "max-age=600, no-cache=\"x-secret\""),
+                ("x-secret", "for the first client"),
+                ("x-public", "kept"),
+            ],
+        )
+    })
+    .await;
+    let proxy = start_proxy(BASIC, &origin.url()).await;
+    let first = get(&proxy.url("/q"), &[]).await;
+    assert_eq!(first.header("x-secret"), Some("for the first client"));
+    let second = get(&proxy.url("/q"), &[]).await;
+    assert_eq!(second.cache(), "hit", "the rest of the response is reused");
+    assert_eq!(second.header("x-secret"), None);
+    assert_eq!(second.header("x-public"), Some("kept"));
+    assert_eq!(origin.count("/q"), 1);
+}

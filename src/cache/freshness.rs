@@ -16,6 +16,9 @@ pub struct Directives {
     pub no_store: bool,
     /// `no-cache` without field names: every use needs revalidation.
     pub no_cache: bool,
+    /// `no-cache="a, b"` (RFC 9111 5.2.2.4): only these fields (lowercased)
+    /// may not be reused without revalidation; the rest of the response may.
+    pub no_cache_fields: Vec<String>,
     pub private: bool,
     pub public: bool,
     pub must_revalidate: bool,
@@ -48,9 +51,15 @@ pub fn directives(headers: &HeaderMap) -> Directives {
             let secs = || value.as_deref().and_then(parse_delta);
             match name.as_str() {
                 "no-store" => d.no_store = true,
-                // `no-cache="field"` only forbids reusing those fields; treating
-                // it like plain no-cache is the conservative reading.
-                "no-cache" => d.no_cache = true,
+                "no-cache" => match value.as_deref().map(str::trim) {
+                    Some(fields) if !fields.is_empty() => d.no_cache_fields.extend(
+                        fields
+                            .split(',')
+                            .map(|f| f.trim().to_ascii_lowercase())
+                            .filter(|f| !f.is_empty()),
+                    ),
+                    _ => d.no_cache = true,
+                },
                 "private" => d.private = true,
                 "public" => d.public = true,
                 "must-revalidate" => d.must_revalidate = true,
@@ -436,7 +445,12 @@ mod tests {
         ]));
         assert_eq!(d.max_age, Some(Some(60)), "first occurrence wins");
         assert_eq!(d.s_maxage, Some(Some(10)), "quoted value accepted");
-        assert!(d.no_cache && d.private);
+        assert!(
+            !d.no_cache && d.private,
+            "a qualified no-cache names fields"
+        );
+        assert_eq!(d.no_cache_fields, ["set-cookie", "x"]);
+        assert!(directives(&h(&[("cache-control", "no-cache")])).no_cache);
         let bad = directives(&h(&[("cache-control", "max-age=-1")]));
         assert_eq!(bad.max_age, Some(None));
         let big = directives(&h(&[("cache-control", "max-age=99999999999999999999")]));

@@ -144,7 +144,11 @@ fn boundary_ratio(img: &RgbImage, period: u32) -> f64 {
     let mut counts = [0u64; 2];
     let px = |x: u32, y: u32| img.get_pixel(x, y).0;
     let mut add = |a: [u8; 3], b: [u8; 3], on_boundary: bool| {
-        let d: u32 = a.iter().zip(b).map(|(&p, q)| u32::from(p.abs_diff(q))).sum();
+        let d: u32 = a
+            .iter()
+            .zip(b)
+            .map(|(&p, q)| u32::from(p.abs_diff(q)))
+            .sum();
         let k = usize::from(on_boundary);
         sums[k] += f64::from(d);
         counts[k] += 3;
@@ -180,7 +184,11 @@ mod tests {
         let ramp = RgbImage::from_fn(64, 64, |x, y| Rgb([(x * 3 + y) as u8, (y * 3) as u8, 90]));
         let blocky = RgbImage::from_fn(64, 64, |x, y| *ramp.get_pixel(x / 8 * 8, y / 8 * 8));
         assert!((grid_excess(&ramp, &ramp, 8) - 1.0).abs() < 1e-9);
-        assert!(grid_excess(&ramp, &blocky, 8) > 2.0, "{}", grid_excess(&ramp, &blocky, 8));
+        assert!(
+            grid_excess(&ramp, &blocky, 8) > 2.0,
+            "{}",
+            grid_excess(&ramp, &blocky, 8)
+        );
     }
 
     use super::*;

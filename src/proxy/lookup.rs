@@ -102,11 +102,11 @@ impl Proxy {
             let fetched = self.fetch(&parts, ctx, stale).await;
             drop(guard);
             return match fetched? {
-                Fetched::Stored(e, original, held, cookies) => {
+                Fetched::Stored(e, original, held, withheld) => {
                     let (r, outcome) = self.respond_from(&e, &parts, ctx, original, "miss").await?;
                     let (mut rp, body) = r.into_parts();
-                    for c in cookies {
-                        rp.headers.append(header::SET_COOKIE, c);
+                    for (name, v) in withheld {
+                        rp.headers.append(name, v);
                     }
                     Ok((Response::from_parts(rp, holding(body, held)), outcome))
                 }
@@ -215,13 +215,7 @@ impl Proxy {
                 return Ok(Fetched::Relay(Response::from_parts(rparts, body)));
             }
         };
-        let cookies: Vec<HeaderValue> = rparts
-            .headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .cloned()
-            .collect();
-        rparts.headers.remove(header::SET_COOKIE);
+        let withheld = withhold(&mut rparts.headers);
         let f = Freshness::of(
             status,
             &rparts.headers,
@@ -236,7 +230,7 @@ impl Proxy {
             inner.cache.store_original(entry.id, o.clone()).await;
         }
         inner.cache.store(&ctx.key, Arc::clone(&entry)).await;
-        Ok(Fetched::Stored(entry, original, held, cookies))
+        Ok(Fetched::Stored(entry, original, held, withheld))
     }
 
     /// Buffers an origin body for the cache, within the size limit, the
@@ -377,4 +371,37 @@ impl Proxy {
         );
         Arc::new(e.freshened(headers, f))
     }
+}
+
+/// Removes from a response about to be stored the fields that belong to
+/// this one client or this one exchange, and returns them for the client
+/// that asked: `Set-Cookie`, and the fields a qualified `no-cache="..."`
+/// names (RFC 9111 5.2.2.4: not to be reused without revalidation, so the
+/// stored copy never has them). Freshness fields are never withheld.
+fn withhold(headers: &mut HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let mut names = vec![header::SET_COOKIE];
+    for f in freshness::directives(headers).no_cache_fields {
+        match HeaderName::from_bytes(f.as_bytes()) {
+            Ok(n)
+                if ![
+                    header::CACHE_CONTROL,
+                    header::AGE,
+                    header::DATE,
+                    header::EXPIRES,
+                ]
+                .contains(&n) =>
+            {
+                names.push(n)
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for n in names {
+        for v in headers.get_all(&n) {
+            out.push((n.clone(), v.clone()));
+        }
+        headers.remove(&n);
+    }
+    out
 }

@@ -176,9 +176,15 @@ struct Ctx<'a> {
 /// What the upstream phase produced for a cacheable request.
 enum Fetched {
     /// A new stored entry (plus the original bytes in hand, for this client),
-    /// the buffer budget its bytes hold, and the `Set-Cookie` values that
-    /// were kept out of the stored copy but belong to this client.
-    Stored(Arc<Entry>, Option<Bytes>, Held, Vec<HeaderValue>),
+    /// the buffer budget its bytes hold, and the fields kept out of the
+    /// stored copy that still belong to this client (`Set-Cookie`, fields
+    /// named by a qualified `no-cache`).
+    Stored(
+        Arc<Entry>,
+        Option<Bytes>,
+        Held,
+        Vec<(header::HeaderName, HeaderValue)>,
+    ),
     /// The stored entry, freshened by a 304.
     Freshened(Arc<Entry>),
     /// The origin failed and the stale entry may stand in.
