@@ -14,14 +14,19 @@
 //!   `StartError` (building the proxy from a config).
 //!
 //! The proxy (feature `server`):
-//! - [`config`]: `config/vaeproxy.toml`, validated once at startup.
-//! - [`server`]: accept loop, connection limit, graceful shutdown ([`shutdown`]).
+//! - [`config`]: `config/vaeproxy.toml`, found on a search path, with units
+//!   and env overrides; validated at startup and at every reload.
+//! - [`daemon`]: the proxy as a process: both listeners, SIGHUP reloads,
+//!   one shutdown for both.
+//! - [`server`]: accept loop, connection limits, graceful shutdown ([`shutdown`]).
 //! - [`proxy`]: the request phases (route, cache, upstream, transform,
 //!   negotiate, log); `proxy::upstream` (origins, client, bodies),
 //!   `proxy::negotiate` (latent or original), `proxy::transform` (image
-//!   -> latent with guards), `proxy::samples` (the generative routes).
+//!   -> latent with guards), `proxy::samples` (the generative routes,
+//!   budgeted by `proxy::generation`), `proxy::ops` (the admin listener:
+//!   health, metrics, purge), `proxy::log` (the access line).
 //! - [`cache`]: the moka-backed HTTP cache; `cache::freshness` (RFC 9111
-//!   rules), `cache::key` (primary key and Vary).
+//!   rules), `cache::key` (primary key and Vary), `cache::purge`.
 //! - `codec::pool`: the bounded model pool, the only path from async code to candle.
 //! - [`sampler`]: the VAE as a generator: prior sample pools (pre-generated),
 //!   posterior variations and interpolations (made on request), their caches.
@@ -40,6 +45,8 @@ pub mod model;
 pub mod cache;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod daemon;
 #[cfg(feature = "server")]
 pub mod demo;
 #[cfg(feature = "server")]

@@ -294,82 +294,8 @@ fn serve(args: ServeArgs, config: Option<&Path>, weights: Option<PathBuf>) -> Re
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
-        let admin = match cfg.admin.enabled {
-            true => Some(
-                tokio::net::TcpListener::bind(cfg.admin.listen)
-                    .await
-                    .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen))?,
-            ),
-            false => None,
-        };
-        let limits = cfg.limits.clone();
-        let routes: Vec<String> = cfg.routes.iter().map(|r| r.origin.clone()).collect();
-        let proxy = vaeproxy::server::build(cfg, codec)
-            .await
-            .map_err(|e| e.to_string())?;
-        // Registered before the ready line, so a reload right after it is never lost.
-        let reloads = vaeproxy::shutdown::reloads().map_err(|e| format!("SIGHUP handler: {e}"))?;
-        tokio::spawn(reload_on_signal(reloads, source, proxy.clone()));
-        tracing::info!(
-            "vaeproxy listening on http://{} (admin {}; model {}, origins: {})",
-            listener.local_addr().map_err(|e| e.to_string())?,
-            admin
-                .as_ref()
-                .and_then(|a| a.local_addr().ok())
-                .map_or("off".to_string(), |a| format!("http://{a}")),
-            proxy.pool().codec().id().to_hex(),
-            routes.join(", ")
-        );
-        let stop = vaeproxy::shutdown::Trigger::new();
-        let public = vaeproxy::server::run(listener, proxy.clone(), &limits, stop.wait());
-        let ops = async {
-            if let Some(a) = admin {
-                vaeproxy::server::run_admin(a, proxy.clone(), &limits, stop.wait()).await;
-            }
-        };
-        let signal = async {
-            vaeproxy::shutdown::signal().await;
-            stop.fire();
-        };
-        tokio::join!(public, ops, signal);
-        Ok(())
-    })
-}
-
-/// SIGHUP: re-read the configuration the way startup did; on any error the
-/// running one stays and the error is logged.
-async fn reload_on_signal(
-    mut reloads: vaeproxy::shutdown::Reloads,
-    source: vaeproxy::config::Source,
-    proxy: vaeproxy::proxy::Proxy,
-) {
-    let m = proxy.metrics().clone();
-    while reloads.recv().await {
-        let outcome = source
-            .load()
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| proxy.reload(cfg).map_err(|e| e.to_string()));
-        match outcome {
-            Ok(restart) => {
-                m.reloads.with_label_values(&["ok"]).inc();
-                tracing::info!("SIGHUP: configuration reloaded from {}", source.describe());
-                if !restart.is_empty() {
-                    tracing::warn!(
-                        "SIGHUP: changes to {} take effect only after a restart",
-                        restart.join(", ")
-                    );
-                }
-            }
-            Err(e) => {
-                m.reloads.with_label_values(&["error"]).inc();
-                tracing::error!("SIGHUP: reload failed, the running configuration stays: {e}");
-            }
-        }
-    }
+    rt.block_on(vaeproxy::daemon::run(cfg, source, codec))
+        .map_err(|e| e.to_string())
 }
 
 fn run(cli: Cli) -> Result<(), String> {
