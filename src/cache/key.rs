@@ -3,7 +3,9 @@
 //! request header values its `Vary` selects, RFC 9111 4.1) are stored in a
 //! list inside that entry and told apart by [`selected_value`].
 
-use hyper::header::{HeaderMap, HeaderName, VARY};
+use hyper::header::{
+    HeaderMap, HeaderName, ACCEPT_CHARSET, ACCEPT_ENCODING, ACCEPT_LANGUAGE, VARY,
+};
 
 /// Method, scheme, host and path+query of a cacheable request. HEAD uses the
 /// GET key: a stored GET answers a HEAD (9111 4).
@@ -37,14 +39,24 @@ pub fn vary_names(resp: &HeaderMap) -> Vec<HeaderName> {
 
 /// A request header's value as Vary compares it: all lines joined with ",",
 /// whitespace around list members removed (9111 4.1 allows this normalisation).
+/// Fields whose grammar is case-insensitive (language tags, content codings,
+/// charsets) are lowercased, so `eN` and `en` select the same variant.
 /// `None` when the header is absent, which differs from present-but-empty.
 pub fn selected_value(req: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let fold = [ACCEPT_LANGUAGE, ACCEPT_ENCODING, ACCEPT_CHARSET].contains(name);
     let mut parts = Vec::new();
     let mut any = false;
     for v in req.get_all(name) {
         any = true;
         let s = String::from_utf8_lossy(v.as_bytes());
-        parts.extend(s.split(',').map(|p| p.trim().to_string()));
+        parts.extend(s.split(',').map(|p| {
+            let p = p.trim();
+            if fold {
+                p.to_ascii_lowercase()
+            } else {
+                p.to_string()
+            }
+        }));
     }
     any.then(|| parts.join(","))
 }
@@ -77,5 +89,20 @@ mod tests {
         let mut r3 = r1.clone();
         r3.insert("x-b", HeaderValue::from_static(""));
         assert_eq!(selected_value(&r3, &names[2]).as_deref(), Some(""));
+        let lang = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(ACCEPT_LANGUAGE, HeaderValue::from_static(v));
+            selected_value(&h, &ACCEPT_LANGUAGE)
+        };
+        assert_eq!(
+            lang("en, de"),
+            lang("eN,De"),
+            "language tags are case-insensitive"
+        );
+        assert_ne!(
+            lang("en, de"),
+            lang("de, en"),
+            "order is the client's preference"
+        );
     }
 }
