@@ -190,9 +190,8 @@ pub struct FlightGuard {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.inflight.lock() {
-            map.remove(&self.key);
-        }
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&self.key);
     }
 }
 
@@ -307,7 +306,9 @@ impl Cache {
 
     /// Joins or starts the fetch for `key`.
     pub fn join(&self, key: &PrimaryKey) -> Flight {
-        let mut map = self.inflight.lock().expect("inflight lock poisoned");
+        // Poisoning cannot leave the map half-changed (one insert or remove
+        // under the lock), so a panic elsewhere must not stop every fetch.
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rx) = map.get(key) {
             return Flight::Follower(rx.clone());
         }

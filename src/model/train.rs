@@ -251,7 +251,7 @@ impl Trainer {
         let vae = Vae::new(vb, Config::default())?;
         let mut init_rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
         {
-            let data = varmap.data().lock().unwrap();
+            let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
             let mut names: Vec<&String> = data.keys().collect();
             names.sort();
             for name in names {
@@ -352,7 +352,7 @@ impl Trainer {
 
     /// The network weights alone, with the config in the metadata.
     pub fn export_network(&self, path: &Path) -> Result<()> {
-        let data = self.varmap.data().lock().unwrap();
+        let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
         let tensors: HashMap<String, Tensor> = data
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
