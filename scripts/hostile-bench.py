@@ -6,7 +6,10 @@
 2. 50 HTTP/1.1 connections and 50 h2 streams (two connections, initial
    window 0, so the proxy may send no DATA) asking for distinct 20 MB
    cacheable responses and never reading: the proxy's RSS and the latency of
-   /_vaeproxy/healthz, polled every 100 ms meanwhile.
+   /_vaeproxy/healthz, polled every 100 ms meanwhile;
+3. slowloris: 300 connections trickling header bytes from 127.0.0.1 while a
+   client on 127.0.0.2 fetches a cached page every 100 ms (issue 17's bar:
+   < 100 ms), and how many the per-address cap closed.
 
 Runs `target/release/vaeproxy serve` as a child with a generated config and a
 Python origin on 127.0.0.1. Needs `pip install h2`. Pause any training while
@@ -68,7 +71,7 @@ class Origin(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         name = self.path.strip("/").split(".")[0]
-        body = BOMBS.get(name, BIG)
+        body = BOMBS.get(name) or (b"a small cacheable page\n" if name == "page" else BIG)
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.send_header("cache-control", "max-age=600")
@@ -95,9 +98,9 @@ def rss(pid):
     return out
 
 
-def get(port, path, timeout=10):
+def get(port, path, timeout=10, source="127.0.0.1"):
     t = time.perf_counter()
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
     data = b""
     while True:
@@ -181,6 +184,49 @@ def main():
                 print("  " + l)
         for c in idle:
             c.close()
+
+        print("slowloris: 300 connections from 127.0.0.1 trickling a header byte a second;")
+        print("  a client on 127.0.0.2 fetching a cached page on the public listener every 100 ms")
+        get(port, "/page", source="127.0.0.2")
+        slow, refused = [], 0
+        for i in range(300):
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+            slow.append(c)
+        stop = threading.Event()
+
+        def trickle():
+            while not stop.is_set():
+                for c in slow:
+                    try:
+                        c.send(b"x")
+                    except OSError:
+                        pass
+                stop.wait(1.0)
+
+        threading.Thread(target=trickle, daemon=True).start()
+        lat = []
+        t_end = time.time() + 10
+        while time.time() < t_end:
+            data, ms = get(port, "/page", source="127.0.0.2")
+            assert data.startswith(b"HTTP/1.1 200"), data[:100]
+            lat.append(ms)
+            time.sleep(0.1)
+        stop.set()
+        for c in slow:
+            c.setblocking(False)
+            try:
+                if c.recv(1) == b"":
+                    refused += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                refused += 1
+            c.close()
+        lat.sort()
+        m = rss(proxy.pid)
+        print(f"  page over 10 s: {len(lat)} requests, median {lat[len(lat)//2]:.2f} ms, max {lat[-1]:.2f} ms")
+        print(f"  closed by the per-address cap: {refused} of 300; proxy RSS {m['VmRSS']} MB")
     finally:
         proxy.terminate()
         proxy.wait()
