@@ -17,9 +17,12 @@ it runs: it reports latencies.
 
     cargo build --release && python3 scripts/hostile-bench.py
 """
-import http.server, os, socket, socketserver, struct, subprocess, sys, tempfile, threading, time, zlib
+import http.server, os, socket, struct, subprocess, sys, tempfile, threading, time, zlib
 
 import h2.config, h2.connection
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loopback import Server, free_port, rss  # noqa: E402
 
 BIG = b"\x07" * (20 << 20)
 
@@ -85,18 +88,6 @@ class Origin(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-
-def rss(pid):
-    out = {}
-    for line in open(f"/proc/{pid}/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
-            out[k] = int(v.split()[0]) // 1024
-    return out
-
 
 def get(port, path, timeout=10, source="127.0.0.1"):
     t = time.perf_counter()
@@ -115,12 +106,6 @@ def get(port, path, timeout=10, source="127.0.0.1"):
 def main():
     origin = Server(("127.0.0.1", 0), Origin)
     threading.Thread(target=origin.serve_forever, daemon=True).start()
-    def free_port():
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        return p
     # health and metrics answer on the admin listener only; it is served by
     # the same runtime, so its latency is the runtime's under the attack
     port, admin = free_port(), free_port()

@@ -24,9 +24,12 @@ stored). RSS is read after --warmup seconds and at the end.
 
 Prints one report; exits 1 when a check fails. Pause training while it runs.
 """
-import argparse, http.server, re, io, os, random, socket, socketserver, subprocess, sys, tempfile, threading, time
+import argparse, http.server, re, io, os, random, socket, subprocess, sys, tempfile, threading, time
 
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loopback import Server, free_port, rss  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = [Image.open(os.path.join(ROOT, "config/demo", f)).convert("RGB")
@@ -117,17 +120,6 @@ class Origin(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
 
 def fetch(port, path, host="t", accept=None, timeout=30):
     """(status, headers dict, body, error) over a fresh connection."""
@@ -158,12 +150,6 @@ def fetch(port, path, host="t", accept=None, timeout=30):
         headers[k.strip().lower()] = v.strip()
     return status, headers, body, None
 
-
-def rss(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main():
@@ -272,15 +258,15 @@ def main():
     for t in threads:
         t.start()
     time.sleep(min(a.warmup, a.minutes * 30))
-    rss_warm = rss(proxy.pid)
+    rss_warm = rss(proxy.pid)["VmRSS"]
     peak = rss_warm
     while time.monotonic() < end:
         time.sleep(5)
-        peak = max(peak, rss(proxy.pid))
+        peak = max(peak, rss(proxy.pid)["VmRSS"])
     for t in threads:
         t.join()
     time.sleep(10)  # the hang requests' 504s come back after the header timeout
-    rss_end = rss(proxy.pid)
+    rss_end = rss(proxy.pid)["VmRSS"]
     metrics = fetch(admin, "/_vaeproxy/metrics")[2].decode().splitlines()
     proxy.terminate()
     proxy.wait()

@@ -238,8 +238,9 @@ impl Proxy {
     /// hold the requests coalesced behind it forever).
     pub(super) async fn collect(&self, body: ProxyBody) -> Result<Collected, HttpError> {
         let inner = &self.inner;
-        let deadline = Duration::from_millis(self.live().cfg.limits.origin_body_deadline_ms);
-        let limit = self.live().cfg.cache.max_object_bytes;
+        let live = self.live();
+        let deadline = Duration::from_millis(live.cfg.limits.origin_body_deadline_ms);
+        let limit = live.cfg.cache.max_object_bytes;
         match tokio::time::timeout(
             deadline,
             upstream::collect_up_to(body, limit, &inner.budget),
