@@ -22,7 +22,7 @@ import http.server, os, socket, struct, subprocess, sys, tempfile, threading, ti
 import h2.config, h2.connection
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loopback import Server, free_port, rss  # noqa: E402
+from loopback import Server, free_port, read_all, rss  # noqa: E402
 
 BIG = b"\x07" * (20 << 20)
 
@@ -93,12 +93,7 @@ def get(port, path, timeout=10, source="127.0.0.1"):
     t = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    while True:
-        b = s.recv(1 << 16)
-        if not b:
-            break
-        data += b
+    data = read_all(s)
     s.close()
     return data, (time.perf_counter() - t) * 1000
 

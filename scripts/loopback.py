@@ -24,3 +24,13 @@ def rss(pid):
         if k in ("VmRSS", "VmHWM"):
             out[k] = int(v.split()[0]) // 1024
     return out
+
+
+def read_all(sock):
+    """Everything `sock` sends until it closes (requests say Connection: close)."""
+    data = b""
+    while True:
+        b = sock.recv(1 << 16)
+        if not b:
+            return data
+        data += b

@@ -29,7 +29,7 @@ import argparse, http.server, re, io, os, random, socket, subprocess, sys, tempf
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loopback import Server, free_port, rss  # noqa: E402
+from loopback import Server, free_port, read_all, rss  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = [Image.open(os.path.join(ROOT, "config/demo", f)).convert("RGB")
@@ -129,12 +129,7 @@ def fetch(port, path, host="t", accept=None, timeout=30):
         if accept:
             req += f"Accept: {accept}\r\n"
         s.sendall((req + "\r\n").encode())
-        data = b""
-        while True:
-            b = s.recv(1 << 16)
-            if not b:
-                break
-            data += b
+        data = read_all(s)
         s.close()
     except OSError as e:
         return 0, {}, b"", str(e)
