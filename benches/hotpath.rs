@@ -11,7 +11,8 @@ use hyper::StatusCode;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use vaeproxy::cache::freshness::{self, Freshness, Heuristic};
+use vaeproxy::cache::directives;
+use vaeproxy::cache::freshness::{Freshness, Heuristic};
 use vaeproxy::cache::key::PrimaryKey;
 use vaeproxy::cache::{Body, Cache, Entry};
 use vaeproxy::config::Reconstructions;
@@ -129,7 +130,7 @@ fn headers(c: &mut Criterion) {
     for (name, h) in [("browser", &browser), ("decoder", &decoder)] {
         g.bench_function(BenchmarkId::new("negotiate", name), |b| {
             b.iter(|| {
-                let d = freshness::directives(black_box(h));
+                let d = directives::directives(black_box(h));
                 negotiate::choose(h, d.no_transform, &model, Reconstructions::Never)
             })
         });

@@ -46,7 +46,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     st = torch.load(a.ckpt, map_location="cpu", weights_only=False)
-    m = Codec(**{k: v for k, v in st.get("cfg", {}).items() if k != "levels"})
+    m = Codec(**{"levels": 8, **st.get("cfg", {})})
     m.load_state_dict(st["model"])
     m.eval()
     files = sorted(glob.glob(os.path.join(a.images, "*.png")))

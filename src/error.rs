@@ -11,7 +11,13 @@ pub enum Error {
     Wire(#[from] WireError),
     /// The latent was made with other weights; decoding it would give a wrong picture.
     #[error("latent was encoded by model {got}, but this decoder has model {expected}")]
-    ModelMismatch { expected: ModelId, got: ModelId },
+    /// Decoding with other weights would give a wrong picture.
+    ModelMismatch {
+        /// This decoder's model.
+        expected: ModelId,
+        /// The latent's model.
+        got: ModelId,
+    },
     /// The latent's quality level or shape does not fit the loaded model.
     #[error("latent does not fit this model: {0}")]
     Incompatible(String),
@@ -32,12 +38,16 @@ pub enum Error {
     #[error("model error: {0}")]
     Model(#[from] candle_core::Error),
     #[error("{path}: {source}")]
+    /// A file could not be read or written.
     Io {
+        /// The file.
         path: String,
+        /// What the OS said.
         source: std::io::Error,
     },
 }
 
+/// Result of the codec.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Why the proxy could not be built from a (validated) configuration.
@@ -46,12 +56,19 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum StartError {
     /// A route's origin does not parse, or names the demo origin when none runs.
     #[error("route[{index}]: {reason}")]
-    Route { index: usize, reason: String },
+    /// Route `index` is unusable for `reason`.
+    Route {
+        /// 0-based position in the config's `[[route]]` list.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An entry of `trusted_proxies` is not an IP or CIDR block.
     /// The configuration is valid alone but not for this running proxy.
     #[error("{0}")]
     Config(String),
     #[error("trusted_proxies: {0}")]
+    /// An entry of `trusted_proxies` is not an IP or CIDR block.
     TrustedProxy(String),
     /// A metric could not be registered (a duplicate name: a bug).
     #[error("registering the metrics: {0}")]
@@ -103,6 +120,7 @@ pub enum HttpError {
 
 #[cfg(feature = "server")]
 impl HttpError {
+    /// The HTTP status this error answers with.
     pub fn status(&self) -> hyper::StatusCode {
         use hyper::StatusCode as S;
         match self {

@@ -18,22 +18,28 @@
 //!   and env overrides; validated at startup and at every reload.
 //! - [`daemon`]: the proxy as a process: both listeners, SIGHUP reloads,
 //!   one shutdown for both.
-//! - [`server`]: accept loop, connection limits, graceful shutdown ([`shutdown`]).
+//! - [`server`]: accept loop, connection limits, graceful shutdown ([`shutdown`]);
+//!   [`tls`]: TLS toward clients (certificate files, ALPN, swapped on reload).
 //! - [`proxy`]: the request phases (route, cache, upstream, transform,
 //!   negotiate, log); `proxy::upstream` (origins, client, bodies),
 //!   `proxy::negotiate` (latent or original), `proxy::transform` (image
 //!   -> latent with guards), `proxy::samples` (the generative routes,
 //!   budgeted by `proxy::generation`), `proxy::ops` (the admin listener:
 //!   health, metrics, purge), `proxy::log` (the access line).
+//! - [`clock`]: the wall clock the cache reads (steppable in tests).
 //! - [`cache`]: the moka-backed HTTP cache; `cache::freshness` (RFC 9111
 //!   rules), `cache::key` (primary key and Vary), `cache::purge`.
 //! - `codec::pool`: the bounded model pool, the only path from async code to candle.
 //! - [`sampler`]: the VAE as a generator: prior sample pools (pre-generated),
 //!   posterior variations and interpolations (made on request), their caches.
 //! - [`metrics`]: Prometheus counters; [`demo`]: the built-in demo origin.
+//! - [`tools`]: the binary's offline commands (contact sheet, eval, train,
+//!   calibrate) as library functions; `main.rs` only parses arguments.
 //!
 //! CPU-heavy work (encode, decode, sampling) is synchronous: async code must
 //! reach it through a bounded blocking pool, never call it on a runtime thread.
+
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod client;
 pub mod codec;
@@ -43,6 +49,8 @@ pub mod model;
 
 #[cfg(feature = "server")]
 pub mod cache;
+#[cfg(feature = "server")]
+pub mod clock;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
@@ -59,6 +67,10 @@ pub mod sampler;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod shutdown;
+#[cfg(feature = "server")]
+pub mod tls;
+#[cfg(feature = "server")]
+pub mod tools;
 
 pub use codec::Codec;
 pub use error::{Error, Result};

@@ -28,7 +28,20 @@ use tokio::time::{Instant, Sleep};
 /// Serves `proxy` on the public `listener` until `shutdown` completes, then
 /// waits up to `limits.shutdown_grace_secs` for open requests.
 pub async fn run(listener: TcpListener, proxy: Proxy, limits: &Limits, shutdown: impl Future) {
-    serve(listener, proxy, limits, Role::Public, shutdown).await
+    serve(listener, proxy, limits, Role::Public, None, shutdown).await
+}
+
+/// [`run`] with TLS: every connection is handshaken with `tls`'s current
+/// certificate (in its own task, under the header deadline) before HTTP/1.1
+/// or HTTP/2 (by ALPN) is served on it.
+pub async fn run_tls(
+    listener: TcpListener,
+    proxy: Proxy,
+    limits: &Limits,
+    tls: crate::tls::Acceptor,
+    shutdown: impl Future,
+) {
+    serve(listener, proxy, limits, Role::Public, Some(tls), shutdown).await
 }
 
 /// Serves the operator's endpoints (health, metrics, purge) on `listener`,
@@ -39,7 +52,7 @@ pub async fn run_admin(
     limits: &Limits,
     shutdown: impl Future,
 ) {
-    serve(listener, proxy, limits, Role::Admin, shutdown).await
+    serve(listener, proxy, limits, Role::Admin, None, shutdown).await
 }
 
 async fn serve(
@@ -47,6 +60,7 @@ async fn serve(
     proxy: Proxy,
     limits: &Limits,
     role: Role,
+    tls: Option<crate::tls::Acceptor>,
     shutdown: impl Future,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -63,6 +77,7 @@ async fn serve(
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(limits.h2_max_streams);
     let write_timeout = Duration::from_millis(limits.client_write_timeout_ms);
+    let handshake_timeout = Duration::from_millis(limits.header_timeout_ms);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -93,7 +108,7 @@ async fn serve(
             Role::Admin => Some(proxy.unlimited_slot()),
         };
         let Some(per_ip) = slot else {
-            proxy.metrics().connections_refused.inc();
+            proxy.metrics().ops.connections_refused.inc();
             tracing::debug!("connection from {peer} refused: per-address limit");
             drop(stream);
             continue;
@@ -110,10 +125,26 @@ async fn serve(
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, progress).boxed()))
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let tls = tls.as_ref().map(|t| t.current());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(io)) => {
+                            let conn = builder.serve_connection(TokioIo::new(io), svc);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => Err(format!("TLS handshake: {e}").into()),
+                        Err(_) => Err("TLS handshake: timed out".into()),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!("connection from {peer}: {e}");
             }
             drop((permit, per_ip));
@@ -134,12 +165,22 @@ pub async fn build(
     cfg: crate::config::Config,
     codec: Arc<crate::Codec>,
 ) -> Result<Proxy, crate::error::StartError> {
+    build_with_clock(cfg, codec, crate::clock::Clock::system()).await
+}
+
+/// [`build`] with the cache reading `clock` (tests step a
+/// [`crate::clock::Clock::steppable`] instead of sleeping through a max-age).
+pub async fn build_with_clock(
+    cfg: crate::config::Config,
+    codec: Arc<crate::Codec>,
+    clock: crate::clock::Clock,
+) -> Result<Proxy, crate::error::StartError> {
     let metrics = crate::metrics::Metrics::new()?;
     let pool = crate::codec::pool::Pool::new(
         codec,
         cfg.codec.pool_threads,
         cfg.codec.pool_queue,
-        metrics.pool_queue_depth.clone(),
+        metrics.model.pool_queue_depth.clone(),
     );
     let demo = if cfg.routes.iter().any(|r| r.origin == "demo") {
         Some(
@@ -157,7 +198,7 @@ pub async fn build(
         pool.clone(),
         metrics.clone(),
     );
-    let proxy = Proxy::new(cfg, pool, metrics, demo, sampler.clone())?;
+    let proxy = Proxy::new(cfg, pool, metrics, demo, sampler.clone(), clock)?;
     // Generation runs in the background; the proxy is ready before it ends.
     sampler.start();
     Ok(proxy)

@@ -29,6 +29,7 @@ pub async fn signal() {
 
 /// One shutdown event for several waiters, including ones that start
 /// waiting after it fired.
+#[derive(Debug)]
 pub struct Trigger {
     tx: watch::Sender<bool>,
 }
@@ -40,12 +41,14 @@ impl Default for Trigger {
 }
 
 impl Trigger {
+    /// A trigger not yet fired.
     pub fn new() -> Trigger {
         Trigger {
             tx: watch::channel(false).0,
         }
     }
 
+    /// Fires it: every waiter wakes, and later waits return at once.
     pub fn fire(&self) {
         self.tx.send_replace(true);
     }
@@ -61,6 +64,7 @@ impl Trigger {
 
 /// SIGHUPs, as a stream of reload requests. Once this exists, SIGHUP no
 /// longer has its default action (ending the process).
+#[derive(Debug)]
 pub struct Reloads {
     #[cfg(unix)]
     hup: tokio::signal::unix::Signal,

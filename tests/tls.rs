@@ -100,3 +100,196 @@ async fn https_origin_with_a_private_ca() {
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+/// A self-signed certificate for `localhost` written as PEM files.
+fn self_signed(dir: &std::path::Path, name: &str) -> (vaeproxy::tls::TlsConfig, Vec<u8>) {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cfg = vaeproxy::tls::TlsConfig {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    std::fs::write(&cfg.cert, cert.pem()).unwrap();
+    std::fs::write(&cfg.key, key.serialize_pem()).unwrap();
+    (cfg, cert.der().to_vec())
+}
+
+/// A TLS client trusting exactly `trusted`, offering `alpn`; returns the
+/// stream, the protocol the server chose and the certificate it presented.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    trusted: &[u8],
+    alpn: &[u8],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(trusted.to_vec()))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (_, session) = tls.get_ref();
+    let proto = session.alpn_protocol().map(<[u8]>::to_vec);
+    let presented = session.peer_certificates().unwrap()[0].to_vec();
+    (tls, proto, presented)
+}
+
+async fn request_over<B>(
+    send: &mut B,
+    version: hyper::Version,
+) -> (hyper::StatusCode, hyper::Version, Bytes)
+where
+    B: SendRequest,
+{
+    let req = hyper::Request::builder()
+        .uri("https://localhost/tls")
+        .version(version)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send(req).await;
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .unwrap()
+        .to_bytes();
+    (parts.status, parts.version, body)
+}
+
+/// The two hyper client connections behind one call.
+trait SendRequest {
+    async fn send(
+        &mut self,
+        req: hyper::Request<http_body_util::Empty<Bytes>>,
+    ) -> hyper::Response<hyper::body::Incoming>;
+}
+
+impl SendRequest for hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>> {
+    async fn send(
+        &mut self,
+        req: hyper::Request<http_body_util::Empty<Bytes>>,
+    ) -> hyper::Response<hyper::body::Incoming> {
+        self.send_request(req).await.unwrap()
+    }
+}
+
+impl SendRequest for hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    async fn send(
+        &mut self,
+        req: hyper::Request<http_body_util::Empty<Bytes>>,
+    ) -> hyper::Response<hyper::body::Incoming> {
+        self.send_request(req).await.unwrap()
+    }
+}
+
+/// The proxy at the edge: clients speak TLS to it (HTTP/1.1 and, by ALPN,
+/// HTTP/2), the origin behind it is plain HTTP; a replaced certificate is
+/// presented to the next connection while open ones keep working.
+#[tokio::test]
+async fn clients_over_tls_h1_and_h2_and_a_swapped_certificate() {
+    let origin =
+        start_origin(|_, n| Reply::ok(format!("v{n}"), &[("cache-control", "max-age=60")])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, first_der) = self_signed(dir.path(), "first");
+    let toml = format!(
+        "{BASIC}[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        first.cert.display(),
+        first.key.display()
+    )
+    .replace("{origin}", &origin.url());
+    let cfg = vaeproxy::config::Config::from_toml(&toml).unwrap();
+    let limits = cfg.limits.clone();
+    let acceptor = vaeproxy::tls::Acceptor::new(
+        vaeproxy::tls::server_config(cfg.tls.as_ref().unwrap()).unwrap(),
+    );
+    let proxy = vaeproxy::server::build(cfg, codec()).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = acceptor.clone();
+    tokio::spawn(async move {
+        vaeproxy::server::run_tls(
+            listener,
+            proxy,
+            &limits,
+            served,
+            std::future::pending::<()>(),
+        )
+        .await
+    });
+
+    // HTTP/1.1
+    let (tls, proto, presented) = tls_connect(addr, &first_der, b"http/1.1").await;
+    assert_eq!(proto.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(presented, first_der);
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (status, version, body) = request_over(&mut h1, hyper::Version::HTTP_11).await;
+    assert_eq!(
+        (status.as_u16(), version, &body[..]),
+        (200, hyper::Version::HTTP_11, &b"v1"[..])
+    );
+
+    // HTTP/2, chosen by ALPN; the cached copy
+    let (tls, proto, _) = tls_connect(addr, &first_der, b"h2").await;
+    assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (status, version, body) = request_over(&mut h2, hyper::Version::HTTP_2).await;
+    assert_eq!(
+        (status.as_u16(), version, &body[..]),
+        (200, hyper::Version::HTTP_2, &b"v1"[..])
+    );
+
+    // A plain-HTTP request to the TLS port gets no HTTP answer.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(b"GET /tls HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+    assert!(
+        !buf.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // The certificate is replaced (as a SIGHUP reload does): new connections
+    // see the new one, the open HTTP/1.1 connection goes on working.
+    let (second, second_der) = self_signed(dir.path(), "second");
+    acceptor.replace(vaeproxy::tls::server_config(&second).unwrap());
+    let (_, _, presented) = tls_connect(addr, &second_der, b"h2").await;
+    assert_eq!(presented, second_der);
+    let (status, _, _) = request_over(&mut h1, hyper::Version::HTTP_11).await;
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(
+        origin.count("/tls"),
+        1,
+        "both protocols were served from one cache"
+    );
+}

@@ -7,7 +7,8 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::StatusCode;
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
-use vaeproxy::cache::freshness::{self, Freshness, Heuristic};
+use vaeproxy::cache::directives;
+use vaeproxy::cache::freshness::{Freshness, Heuristic};
 use vaeproxy::config::Config;
 use vaeproxy::proxy::negotiate;
 
@@ -35,9 +36,9 @@ fuzz_target!(|data: &[u8]| {
         }
         1 => {
             let h = headers(&text);
-            let _ = freshness::directives(&h);
-            let _ = freshness::age_header(&h);
-            let _ = freshness::surrogate(&h);
+            let _ = directives::directives(&h);
+            let _ = directives::age_header(&h);
+            let _ = directives::surrogate(&h);
             let now = SystemTime::now();
             let heuristic = Heuristic {
                 fraction: 0.1,

@@ -13,6 +13,7 @@ use hyper::header::{
 pub struct PrimaryKey(pub String);
 
 impl PrimaryKey {
+    /// The key of `scheme://host/path?query` (host lower-cased).
     pub fn new(scheme: &str, host: &str, path_and_query: &str) -> PrimaryKey {
         PrimaryKey(format!(
             "GET {scheme}://{}{path_and_query}",

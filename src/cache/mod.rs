@@ -10,10 +10,14 @@
 //! All variants of a resource (its `Vary` selections) share one moka entry under
 //! the primary key, so invalidating a URL drops every variant at once.
 
+pub mod directives;
 pub mod freshness;
 pub mod key;
 pub mod purge;
+pub mod record;
+pub mod shared;
 
+use crate::clock::Clock;
 use bytes::Bytes;
 use freshness::Freshness;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
@@ -38,6 +42,7 @@ pub enum Body {
     /// An image kept as a latent code; the original lives in the originals tier
     /// (or at the origin).
     Latent {
+        /// The `.vlat` bytes.
         code: Bytes,
         /// Length of the original image body.
         original_len: u64,
@@ -49,16 +54,20 @@ pub enum Body {
 pub struct Entry {
     /// Unique per stored response; keys the originals tier.
     pub id: u64,
+    /// The origin's status code.
     pub status: StatusCode,
     /// The origin's headers minus hop-by-hop ones; `Content-Length` is set on output.
     pub headers: HeaderMap,
+    /// The body as stored: plain bytes or a latent code.
     pub body: Body,
+    /// When it was made and how long it stays fresh.
     pub freshness: Freshness,
     /// Header names of the response's `Vary`, and the request's values for them.
     pub vary: Vec<(HeaderName, Option<String>)>,
 }
 
 impl Entry {
+    /// A new entry with a fresh id; `request` gives the values of the fields `Vary` names.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
@@ -66,7 +75,6 @@ impl Entry {
         freshness: Freshness,
         req: &HeaderMap,
     ) -> Entry {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let vary = key::vary_names(&headers)
             .into_iter()
             .map(|n| {
@@ -75,7 +83,26 @@ impl Entry {
             })
             .collect();
         Entry {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
+            status,
+            headers,
+            body,
+            freshness,
+            vary,
+        }
+    }
+
+    /// An entry another proxy stored (the shared tier), with its own `Vary`
+    /// selection kept and a fresh local id.
+    pub fn restored(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Body,
+        freshness: Freshness,
+        vary: Vec<(HeaderName, Option<String>)>,
+    ) -> Entry {
+        Entry {
+            id: next_id(),
             status,
             headers,
             body,
@@ -122,6 +149,7 @@ impl Entry {
         (body + headers + 256) as u64
     }
 
+    /// Whether the entry has an `ETag` or `Last-Modified` to revalidate with.
     pub fn has_validators(&self) -> bool {
         self.headers.contains_key(hyper::header::ETAG)
             || self.headers.contains_key(hyper::header::LAST_MODIFIED)
@@ -141,6 +169,13 @@ impl Entry {
         extra = extra.max(Duration::from_secs(swr.max(sie)));
         remaining.saturating_add(extra)
     }
+}
+
+/// Ids are unique in this process (they key the originals tier); entries
+/// from the shared tier get one here too, never the storing proxy's.
+fn next_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The variants stored for one primary key, newest first.
@@ -182,6 +217,8 @@ pub enum Flight {
     Follower(watch::Receiver<()>),
 }
 
+/// Held by the one request fetching a key; dropping it wakes the followers
+/// and frees the key for the next fetch.
 pub struct FlightGuard {
     key: PrimaryKey,
     inflight: Arc<Mutex<HashMap<PrimaryKey, watch::Receiver<()>>>>,
@@ -208,6 +245,7 @@ pub struct Cache {
     originals: Option<moka::future::Cache<u64, Bytes>>,
     inflight: Arc<Mutex<HashMap<PrimaryKey, watch::Receiver<()>>>>,
     keep_stale: Duration,
+    clock: Clock,
 }
 
 impl Cache {
@@ -232,7 +270,19 @@ impl Cache {
             originals,
             inflight: Arc::default(),
             keep_stale,
+            clock: Clock::system(),
         }
+    }
+
+    /// The same cache reading `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Cache {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock ages and freshness are computed from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The newest stored variant matching the request's headers.
@@ -243,7 +293,7 @@ impl Cache {
 
     /// Stores `entry`, replacing the variant with the same selection.
     pub async fn store(&self, key: &PrimaryKey, entry: Arc<Entry>) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut list = vec![Arc::clone(&entry)];
         if let Some(old) = self.entries.get(key).await {
             for e in old.list.iter() {
@@ -278,6 +328,13 @@ impl Cache {
             .await;
     }
 
+    /// Every variant stored for `key`, newest first, and how long the cache
+    /// keeps them (what the shared tier publishes).
+    pub async fn variants(&self, key: &PrimaryKey) -> Option<(Vec<Arc<Entry>>, Duration)> {
+        let v = self.entries.get(key).await?;
+        Some((v.list.clone(), v.keep))
+    }
+
     /// Drops every variant of `key` (unsafe methods, 9111 4.4).
     pub async fn invalidate(&self, key: &PrimaryKey) {
         if let Some(old) = self.entries.remove(key).await {
@@ -300,6 +357,7 @@ impl Cache {
         }
     }
 
+    /// The original image bytes behind latent entry `id`, if the originals tier still holds them.
     pub async fn original(&self, id: u64) -> Option<Bytes> {
         self.originals.as_ref()?.get(&id).await
     }
@@ -339,6 +397,27 @@ impl Cache {
 /// A header value that is always valid (for values we compose).
 pub fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FlightGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("FlightGuard").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("Flight").finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

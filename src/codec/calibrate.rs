@@ -114,15 +114,18 @@ fn distortion(
         }
         n += img.as_raw().len() as f64;
     }
-    Ok(10.0 * (255.0f64.powi(2) / (se / n).max(1e-12)).log10())
+    Ok(crate::codec::quality::psnr_from_mse((se / n).max(1e-12)))
 }
 
 /// A step multiplier on the rate-distortion frontier, measured on the
 /// validation photos (bpp of whole photos, PSNR of centre crops).
 #[derive(Debug, Clone, Copy)]
 pub struct Point {
+    /// Step multiplier of the quantizer.
     pub m: f32,
+    /// Mean bits per pixel on the validation photos.
     pub bpp: f64,
+    /// Mean PSNR of the centre crops, dB.
     pub psnr: f64,
 }
 

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 
 /// Quantized latents live in `-RANGE..=RANGE`; anything further out is clamped.
 pub const RANGE: i32 = 63;
+/// Symbols per table: every integer in `-RANGE..=RANGE`.
 pub const SYMBOLS: usize = (2 * RANGE + 1) as usize;
 /// Neighbourhood contexts, see [`neighbours`].
 const NEIGHBOUR_CONTEXTS: usize = 5;
@@ -133,6 +134,7 @@ pub struct EntropyModel {
 }
 
 impl EntropyModel {
+    /// A model from its per-channel scales, per-level step multipliers and flat pmfs (checked).
     pub fn new(scale: Vec<f32>, steps: Vec<f32>, pmf: Vec<f32>) -> Result<Self> {
         let z = scale.len();
         if z == 0 || steps.is_empty() || steps.len() > 255 {
@@ -181,10 +183,12 @@ impl EntropyModel {
         })
     }
 
+    /// Number of quality levels.
     pub fn levels(&self) -> usize {
         self.steps.len()
     }
 
+    /// Latent channels the tables cover.
     pub fn channels(&self) -> usize {
         self.scale.len()
     }

@@ -66,10 +66,12 @@ impl Tables {
         })
     }
 
+    /// Number of tables.
     pub fn len(&self) -> usize {
         self.models.len()
     }
 
+    /// Whether there are no tables.
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }

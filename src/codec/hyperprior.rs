@@ -37,9 +37,13 @@ pub struct HyperCodec {
 /// A coded image: the ANS words and the sizes needed to read them back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coded {
+    /// Image width, pixels.
     pub width: u32,
+    /// Image height, pixels.
     pub height: u32,
+    /// 0-based quality level.
     pub level: usize,
+    /// The ANS words (z then y).
     pub words: Vec<u32>,
 }
 
@@ -89,6 +93,7 @@ impl HyperCodec {
         })
     }
 
+    /// Number of quality levels.
     pub fn levels(&self) -> usize {
         self.net.config.levels
     }
@@ -96,6 +101,8 @@ impl HyperCodec {
     /// Codes `img` at 0-based `level`; also returns the reconstruction the
     /// decoder will produce from the code.
     pub fn encode(&self, img: &RgbImage, level: usize) -> Result<(Coded, RgbImage)> {
+        let _span =
+            tracing::trace_span!("v2.encode", w = img.width(), h = img.height(), level).entered();
         if level >= self.levels() {
             return Err(Error::Incompatible(format!(
                 "level {level} is beyond the model's {}",
@@ -140,6 +147,7 @@ impl HyperCodec {
     /// Decodes what [`encode`](Self::encode) made. Sizes are checked before
     /// anything is allocated; a damaged stream is an error, never a panic.
     pub fn decode(&self, coded: &Coded) -> Result<RgbImage> {
+        let _span = tracing::trace_span!("v2.decode", w = coded.width, h = coded.height).entered();
         let (width, height, level) = (coded.width, coded.height, coded.level);
         if coded.words.is_empty() {
             return Err(Error::Payload("empty stream".into()));

@@ -90,14 +90,17 @@ impl Codec {
         })
     }
 
+    /// The id of the weights (a hash of the file): latents name it.
     pub fn id(&self) -> ModelId {
         self.id
     }
 
+    /// The network.
     pub fn vae(&self) -> &Vae {
         &self.vae
     }
 
+    /// The entropy model and quality levels.
     pub fn entropy(&self) -> &EntropyModel {
         &self.entropy
     }
@@ -356,6 +359,38 @@ fn crop(img: &RgbImage, w: u32, h: u32) -> RgbImage {
         return img.clone();
     }
     image::imageops::crop_imm(img, 0, 0, w, h).to_image()
+}
+
+/// The image files in `dir` that [`read_image`] reads (by extension, any
+/// case: PNG, JPEG, WebP, GIF), sorted by name; an error if there are none.
+/// The one directory scan behind `train`, `calibrate`, `eval` and `eval-v2`.
+pub fn image_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let io = |source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if matches!(
+            ext.as_deref(),
+            Some("png" | "jpg" | "jpeg" | "webp" | "gif")
+        ) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Image(format!(
+            "{}: no PNG, JPEG, WebP or GIF files",
+            dir.display()
+        )));
+    }
+    Ok(files)
 }
 
 /// Largest image a caller may hand to [`read_image`] by default: 64 Mpx.

@@ -77,8 +77,10 @@ impl Pool {
         // Released when the job is done, panics or is dropped unrun.
         let slot = Slot(Arc::clone(&self.in_pool));
         let (done, rx) = oneshot::channel();
+        // the job runs on a pool thread, inside the span of the request that asked
+        let span = tracing::Span::current();
         let job: Job = Box::new(move |codec| {
-            let out = f(codec);
+            let out = span.in_scope(|| f(codec));
             // Freed before the result is sent, so a caller that submits again
             // the moment it hears back always finds its place.
             drop(slot);
@@ -122,6 +124,13 @@ fn worker(rx: &Mutex<Receiver<Job>>, codec: &Codec, queued: &IntGauge) {
         queued.dec();
         // A panic inside the model must not shrink the pool.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(codec)));
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("Pool").finish_non_exhaustive()
     }
 }
 

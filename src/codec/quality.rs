@@ -19,8 +19,13 @@ pub fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
             d * d
         })
         .sum();
-    let mse = se / a.as_raw().len() as f64;
-    if mse == 0.0 {
+    psnr_from_mse(se / a.as_raw().len() as f64)
+}
+
+/// PSNR in dB of a mean squared error in 8-bit units (`f64::INFINITY` at 0):
+/// the one formula behind every PSNR the project prints.
+pub fn psnr_from_mse(mse: f64) -> f64 {
+    if mse <= 0.0 {
         f64::INFINITY
     } else {
         10.0 * (255.0f64 * 255.0 / mse).log10()

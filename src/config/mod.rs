@@ -3,9 +3,11 @@
 //! then validated once. Every problem comes back as one message naming the
 //! key and what is wrong with it.
 
+mod defaults;
 mod locate;
 mod net;
 mod units;
+mod validate;
 
 pub use locate::{Source, SEARCH_PATH};
 pub use net::{parse_origin, IpBlock, Origin};
@@ -49,6 +51,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Variations and interpolations, which make the model work on request.
     pub generative: GenerativeConfig,
+    /// TLS toward clients on `listen` (absent: plain HTTP). The admin
+    /// listener stays plain: it is meant for loopback.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// How log events are written.
@@ -56,7 +61,9 @@ pub struct Config {
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
+    /// One human-readable line per event.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -115,8 +122,11 @@ impl Default for GenerativeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SampleFormat {
+    /// PNG (lossless; largest).
     Png,
+    /// JPEG at `jpeg_quality`.
     Jpeg,
+    /// Lossless WebP.
     Webp,
 }
 
@@ -128,6 +138,7 @@ pub struct SamplePool {
     pub name: String,
     /// Image size in pixels.
     pub width: u32,
+    /// Height of each image, pixels.
     pub height: u32,
     /// Number of images.
     pub count: u32,
@@ -228,6 +239,49 @@ pub struct CacheConfig {
     /// same bytes reuses the latent instead of paying the model again.
     #[serde(deserialize_with = "units::bytes")]
     pub content_memo_bytes: u64,
+    /// A shared tier under this cache, so a fleet encodes each image once:
+    /// `"redis://host:6379/"`, or a list of Redis Cluster seed nodes.
+    /// Absent: none. `--shared-cache URL` overrides it.
+    pub shared: Option<SharedNodes>,
+    /// Put before every shared-tier key (fleets sharing one Redis).
+    pub shared_prefix: String,
+    /// Longest wait for one shared-tier call; then it counts as a miss.
+    #[serde(deserialize_with = "units::millis")]
+    pub shared_timeout_ms: u64,
+    /// Life of a fleet-wide fetch lock whose holder died.
+    #[serde(deserialize_with = "units::millis")]
+    pub shared_lock_ms: u64,
+    /// Longest a proxy waits for another proxy's fetch of the same URL.
+    #[serde(deserialize_with = "units::millis")]
+    pub shared_lock_wait_ms: u64,
+}
+
+/// `cache.shared`: one Redis URL, or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SharedNodes {
+    /// One Redis (`redis://` or `rediss://`).
+    One(String),
+    /// Seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+impl CacheConfig {
+    /// The shared tier's settings, if one is configured.
+    pub fn shared_config(&self) -> Option<crate::cache::shared::SharedConfig> {
+        let (nodes, cluster) = match self.shared.as_ref()? {
+            SharedNodes::One(u) => (vec![u.clone()], false),
+            SharedNodes::Cluster(v) => (v.clone(), true),
+        };
+        Some(crate::cache::shared::SharedConfig {
+            nodes,
+            cluster,
+            prefix: self.shared_prefix.clone(),
+            timeout: std::time::Duration::from_millis(self.shared_timeout_ms),
+            lock_ttl: std::time::Duration::from_millis(self.shared_lock_ms),
+            lock_wait: std::time::Duration::from_millis(self.shared_lock_wait_ms),
+        })
+    }
 }
 
 /// When ordinary (non-latent) clients may get a VAE reconstruction.
@@ -315,76 +369,6 @@ pub struct Limits {
     pub h2_max_streams: u32,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: "127.0.0.1:8080".parse().expect("valid literal"),
-            routes: Vec::new(),
-            cache: CacheConfig::default(),
-            codec: CodecConfig::default(),
-            limits: Limits::default(),
-            samples: vec![SamplePool::default_pool()],
-            trusted_proxies: Vec::new(),
-            origin_ca_file: None,
-            admin: AdminConfig::default(),
-            log_format: LogFormat::Text,
-            generative: GenerativeConfig::default(),
-        }
-    }
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            capacity_bytes: 256 << 20,
-            originals_bytes: 64 << 20,
-            max_object_bytes: 16 << 20,
-            samples_bytes: 64 << 20,
-            derived_bytes: 32 << 20,
-            keep_stale_secs: 3600,
-            heuristic_fraction: 0.1,
-            heuristic_max_secs: 86400,
-            content_memo_bytes: 8 << 20,
-        }
-    }
-}
-
-impl Default for CodecConfig {
-    fn default() -> Self {
-        CodecConfig {
-            enabled: true,
-            weights: None,
-            quality: crate::codec::DEFAULT_QUALITY,
-            psnr_floor: 22.0,
-            max_pixels: 24_000_000,
-            max_image_bytes: 16 << 20,
-            pool_threads: 1,
-            pool_queue: 16,
-            reconstructions: Reconstructions::Never,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            connect_timeout_ms: 3000,
-            header_timeout_ms: 30_000,
-            body_idle_timeout_ms: 30_000,
-            max_request_body: 64 << 20,
-            max_response_body: 1 << 30,
-            max_header_bytes: 64 << 10,
-            max_connections: 4096,
-            max_connections_per_ip: 256,
-            shutdown_grace_secs: 30,
-            client_write_timeout_ms: 30_000,
-            origin_body_deadline_ms: 120_000,
-            max_buffered_bytes: 128 << 20,
-            h2_max_streams: 32,
-        }
-    }
-}
-
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -412,162 +396,6 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
-    }
-
-    /// Checks what serde cannot: URLs, ranges, consistency.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.routes.is_empty() {
-            return Err(ConfigError(
-                "route: no [[route]] given, so the proxy would answer nothing".into(),
-            ));
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            if r.origin != "demo" {
-                parse_origin(&r.origin)
-                    .map_err(|e| ConfigError(format!("route[{i}].origin: {e}")))?;
-            }
-            if let Some(p) = &r.path_prefix {
-                if !p.starts_with('/') {
-                    return Err(ConfigError(format!(
-                        "route[{i}].path_prefix: {p:?} must start with '/'"
-                    )));
-                }
-            }
-            if let Some(h) = &r.host {
-                if h.is_empty() || h.contains(['/', ' ']) {
-                    return Err(ConfigError(format!(
-                        "route[{i}].host: {h:?} is not a host name"
-                    )));
-                }
-            }
-        }
-        let c = &self.codec;
-        if c.quality == 0 {
-            return Err(ConfigError("codec.quality: levels start at 1".into()));
-        }
-        if c.pool_threads == 0 {
-            return Err(ConfigError("codec.pool_threads: must be at least 1".into()));
-        }
-        if !(0.0..=100.0).contains(&c.psnr_floor) {
-            return Err(ConfigError(format!(
-                "codec.psnr_floor: {} dB is outside 0..100",
-                c.psnr_floor
-            )));
-        }
-        if c.max_pixels == 0 || c.max_pixels > crate::latent::wire::MAX_PIXELS {
-            return Err(ConfigError(format!(
-                "codec.max_pixels: must be 1..={}",
-                crate::latent::wire::MAX_PIXELS
-            )));
-        }
-        if let Some(w) = &c.weights {
-            if !w.is_file() {
-                return Err(ConfigError(format!(
-                    "codec.weights: {} does not exist",
-                    w.display()
-                )));
-            }
-        }
-        for (i, p) in self.samples.iter().enumerate() {
-            let key = format!("samples[{i}]");
-            let ok_name = !p.name.is_empty()
-                && p.name.len() <= 64
-                && p.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !ok_name {
-                return Err(ConfigError(format!(
-                    "{key}.name: {:?} must be 1-64 letters, digits, '-' or '_'",
-                    p.name
-                )));
-            }
-            if self.samples[..i].iter().any(|q| q.name == p.name) {
-                return Err(ConfigError(format!(
-                    "{key}.name: {:?} is used twice",
-                    p.name
-                )));
-            }
-            if !(16..=2048).contains(&p.width) || !(16..=2048).contains(&p.height) {
-                return Err(ConfigError(format!(
-                    "{key}: {}x{} is outside 16..=2048 pixels a side",
-                    p.width, p.height
-                )));
-            }
-            if !(1..=4096).contains(&p.count) {
-                return Err(ConfigError(format!("{key}.count: must be 1..=4096")));
-            }
-            if !(p.temperature.is_finite() && (0.0..=4.0).contains(&p.temperature)) {
-                return Err(ConfigError(format!(
-                    "{key}.temperature: must be within 0..=4"
-                )));
-            }
-            if !(1..=100).contains(&p.jpeg_quality) {
-                return Err(ConfigError(format!("{key}.jpeg_quality: must be 1..=100")));
-            }
-        }
-        if !(0.0..=1.0).contains(&self.cache.heuristic_fraction) {
-            return Err(ConfigError(
-                "cache.heuristic_fraction: must be within 0..1".into(),
-            ));
-        }
-        if self.limits.max_connections == 0 {
-            return Err(ConfigError(
-                "limits.max_connections: must be at least 1".into(),
-            ));
-        }
-        if self.limits.max_connections_per_ip == 0 {
-            return Err(ConfigError(
-                "limits.max_connections_per_ip: must be at least 1".into(),
-            ));
-        }
-        if self.limits.max_header_bytes < 8192 {
-            return Err(ConfigError(
-                "limits.max_header_bytes: must be at least 8192".into(),
-            ));
-        }
-        if self.limits.h2_max_streams == 0 {
-            return Err(ConfigError(
-                "limits.h2_max_streams: must be at least 1".into(),
-            ));
-        }
-        for (key, v) in [
-            (
-                "client_write_timeout_ms",
-                self.limits.client_write_timeout_ms,
-            ),
-            (
-                "origin_body_deadline_ms",
-                self.limits.origin_body_deadline_ms,
-            ),
-        ] {
-            if v == 0 {
-                return Err(ConfigError(format!("limits.{key}: must be at least 1")));
-            }
-        }
-        for (i, p) in self.trusted_proxies.iter().enumerate() {
-            IpBlock::parse(p).map_err(|e| ConfigError(format!("trusted_proxies[{i}]: {e}")))?;
-        }
-        if let Some(p) = &self.origin_ca_file {
-            if !p.is_file() {
-                return Err(ConfigError(format!(
-                    "origin_ca_file: {} does not exist",
-                    p.display()
-                )));
-            }
-        }
-        if self.admin.enabled && self.admin.listen == self.listen {
-            return Err(ConfigError(format!(
-                "admin.listen: {} is also `listen`; the admin listener needs its own address",
-                self.listen
-            )));
-        }
-        let g = &self.generative;
-        if !(g.model_seconds_per_minute.is_finite() && g.model_seconds_per_minute >= 0.0) {
-            return Err(ConfigError(
-                "generative.model_seconds_per_minute: must be a number of seconds >= 0".into(),
-            ));
-        }
-        Ok(())
     }
 
     /// `--origin URL`: one catch-all route to that origin.

@@ -9,6 +9,7 @@ pub struct IpBlock {
 }
 
 impl IpBlock {
+    /// Parses `10.0.0.0/8`, `::1` or `192.168.1.7` (a single address is a /32 or /128).
     pub fn parse(s: &str) -> Result<IpBlock, String> {
         let (ip, prefix) = match s.split_once('/') {
             Some((ip, p)) => (ip, Some(p)),
@@ -31,6 +32,7 @@ impl IpBlock {
         Ok(IpBlock { addr, prefix })
     }
 
+    /// Whether `ip` is in the block.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr::{V4, V6};
         // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.

@@ -25,10 +25,15 @@
 
 use std::fmt;
 
+/// The first four bytes of every latent file.
 pub const MAGIC: [u8; 4] = *b"VLAT";
+/// The format version this build reads and writes.
 pub const VERSION: u8 = 1;
+/// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 44;
+/// Bytes of the CRC-32 trailer.
 pub const TRAILER_LEN: usize = 4;
+/// The media type of a latent response.
 pub const MIME: &str = "application/vnd.vaeproxy.latent";
 /// Largest image side a latent may declare. Decoding allocates in proportion to
 /// width x height, so this is checked before anything else is believed.
@@ -55,6 +60,7 @@ impl ModelId {
         s
     }
 
+    /// Parses 64 hex digits (either case); `None` otherwise.
     pub fn from_hex(s: &str) -> Option<Self> {
         let s = s.as_bytes();
         if s.len() != 32 {
@@ -84,12 +90,19 @@ impl fmt::Display for ModelId {
 /// The header fields of a latent file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// 1-based quality level.
     pub quality: u8,
+    /// The weights that made it; a decoder with other weights refuses it.
     pub model: ModelId,
+    /// Image width, pixels.
     pub width: u32,
+    /// Image height, pixels.
     pub height: u32,
+    /// Latent channels.
     pub channels: u16,
+    /// Latent grid rows (image height / 16, rounded up).
     pub latent_height: u16,
+    /// Latent grid columns (image width / 16, rounded up).
     pub latent_width: u16,
 }
 
@@ -111,6 +124,7 @@ impl Header {
 /// A parsed latent file borrowing its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Latent<'a> {
+    /// The header fields.
     pub header: Header,
     /// The entropy-coded words, little-endian u32s.
     pub payload: &'a [u8],
@@ -121,10 +135,14 @@ pub struct Latent<'a> {
 pub enum WireError {
     /// Fewer bytes than the header + declared payload + CRC.
     Truncated {
+        /// Bytes the file must have.
         needed: usize,
+        /// Bytes it has.
         got: usize,
     },
+    /// The first bytes are not `VLAT`.
     BadMagic,
+    /// A version this build does not read.
     UnsupportedVersion(u8),
     /// A field is outside what the format allows.
     BadField(&'static str),

@@ -33,6 +33,7 @@ pub struct Gdn {
 }
 
 impl Gdn {
+    /// Weights under `vb` (`beta`, `gamma`); `inverse` for the decoder's IGDN.
     pub fn new(vb: VarBuilder, channels: usize, inverse: bool) -> Result<Self> {
         let beta = vb.get_with_hints(channels, "beta", candle_nn::Init::Const(1.0))?;
         let gamma = vb.get_with_hints(
@@ -74,6 +75,7 @@ pub struct ResBlock {
 }
 
 impl ResBlock {
+    /// Weights under `vb` (`conv1`, `conv2`).
     pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
         Ok(Self {
             conv1: conv(vb.pp("conv1"), channels, channels, 3)?,
@@ -98,6 +100,7 @@ pub struct Down {
 }
 
 impl Down {
+    /// Weights under `vb` (`proj`, `gdn`).
     pub fn new(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
         Ok(Self {
             proj: conv(vb.pp("proj"), cin * 4, cout, 1)?,
@@ -122,6 +125,7 @@ pub struct Up {
 }
 
 impl Up {
+    /// Weights under `vb` (`proj`, `igdn`).
     pub fn new(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
         Ok(Self {
             proj: conv(vb.pp("proj"), cin, cout * 4, 1)?,

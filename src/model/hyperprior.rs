@@ -35,7 +35,9 @@ pub const Z_DOWNSCALE: usize = 64;
 pub struct Config {
     /// Channels at 1/4, 1/8 and 1/16 resolution (1/2 uses `c1 / 2`).
     pub c1: usize,
+    /// Channels at 1/8.
     pub c2: usize,
+    /// Channels at 1/16.
     pub c3: usize,
     /// Latent channels of `y`.
     pub c: usize,
@@ -50,12 +52,12 @@ pub struct Config {
 impl Config {
     /// Parses `k=v,...`; every key is required and bounded, so a hostile
     /// weights file cannot ask for an absurd network.
-    pub fn from_metadata(s: &str) -> std::result::Result<Self, String> {
+    pub fn from_metadata(s: &str) -> std::result::Result<Self, super::MetadataError> {
         let kv = super::parse_metadata(s)?;
         let get = |k: &str| {
             kv.get(k)
                 .copied()
-                .ok_or_else(|| format!("config lacks {k}"))
+                .ok_or_else(|| super::MetadataError(format!("config lacks {k}")))
         };
         let cfg = Self {
             c1: get("c1")?,
@@ -67,7 +69,7 @@ impl Config {
             levels: get("levels")?,
         };
         if cfg.c1 < 2 || !cfg.c1.is_multiple_of(2) {
-            return Err("config entry c1 must be even".into());
+            return Err(super::MetadataError("config entry c1 must be even".into()));
         }
         Ok(cfg)
     }
@@ -87,6 +89,7 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// Weights under `vb` (`enc.*`).
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         Ok(Self {
             stem: conv(vb.pp("stem"), 48, cfg.c1, 3)?,
@@ -122,6 +125,7 @@ pub struct Refine {
 }
 
 impl Refine {
+    /// Weights under `vb` (`dec.refine.*`).
     pub fn new(vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             conv1: conv(vb.pp("conv1"), 3, 8, 3)?,
@@ -151,6 +155,7 @@ pub struct Synthesis {
 }
 
 impl Synthesis {
+    /// Weights under `vb` (`dec.*`).
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let half = cfg.c1 / 2;
         Ok(Self {
@@ -187,6 +192,7 @@ pub struct HyperAnalysis {
 }
 
 impl HyperAnalysis {
+    /// Weights under `vb` (`hyper_enc.*`).
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         Ok(Self {
             conv0: conv(vb.pp("conv0"), cfg.c, cfg.n, 3)?,
@@ -217,6 +223,7 @@ pub struct HyperSynthesis {
 }
 
 impl HyperSynthesis {
+    /// Weights under `vb` (`hyper_dec.*`).
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         Ok(Self {
             conv0: conv(vb.pp("conv0"), cfg.zc, cfg.n, 3)?,
@@ -228,6 +235,7 @@ impl HyperSynthesis {
         })
     }
 
+    /// `z` (rounded) to the (mean, log-scale) of `y`.
     pub fn forward(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
         let h = self.conv0.forward(z)?.relu()?;
         let h = candle_nn::ops::pixel_shuffle(&self.up1.forward(&h)?, 2)?.relu()?;
@@ -339,6 +347,7 @@ pub struct ExactHyperSynthesis {
 }
 
 impl ExactHyperSynthesis {
+    /// The same weights as [`HyperSynthesis::new`].
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         Ok(Self {
             conv0: ExactConv::new(&vb.pp("conv0"), cfg.zc, cfg.n, 3)?,
@@ -372,9 +381,13 @@ impl ExactHyperSynthesis {
 /// The whole network.
 #[derive(Debug, Clone)]
 pub struct Hyperprior {
+    /// Image to `y`.
     pub analysis: Analysis,
+    /// `y` to image.
     pub synthesis: Synthesis,
+    /// `y` to `z`.
     pub hyper_analysis: HyperAnalysis,
+    /// `z` to the entropy parameters of `y`.
     pub hyper_synthesis: HyperSynthesis,
     /// The same transform in a fixed order, for the coder's table indices.
     pub exact_hyper_synthesis: ExactHyperSynthesis,
@@ -382,12 +395,15 @@ pub struct Hyperprior {
     gain_enc: Tensor,
     /// Log-gains `[levels, C]` applied to the rounded latent before synthesis.
     gain_dec: Tensor,
+    /// The widths the weights were made with.
     pub config: Config,
 }
 
 impl Hyperprior {
+    /// The safetensors metadata key of [`Config`].
     pub const METADATA_KEY: &'static str = "vaeproxy.config";
 
+    /// The network from weights under `vb`.
     pub fn new(vb: VarBuilder, config: Config) -> Result<Self> {
         let gains = (config.levels, config.c);
         Ok(Self {
@@ -414,7 +430,7 @@ impl Hyperprior {
             .ok_or_else(|| {
                 candle_core::Error::Msg(format!("weights lack the {} metadata", Self::METADATA_KEY))
             })?;
-        let config = Config::from_metadata(cfg).map_err(candle_core::Error::Msg)?;
+        let config = Config::from_metadata(cfg).map_err(candle_core::Error::wrap)?;
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         Self::new(vb, config)

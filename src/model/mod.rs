@@ -49,20 +49,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The safetensors metadata key of [`Config`].
     pub const METADATA_KEY: &'static str = "vaeproxy.config";
 
+    /// `c1=..,c2=..,c3=..,z=..`, as stored in the weights.
     pub fn to_metadata(&self) -> String {
         format!("c1={},c2={},c3={},z={}", self.c1, self.c2, self.c3, self.z)
     }
 
     /// Parses `c1=..,c2=..,c3=..,z=..`; every key is required and bounded so a
     /// hostile weights file cannot ask for an absurd network.
-    pub fn from_metadata(s: &str) -> std::result::Result<Self, String> {
+    pub fn from_metadata(s: &str) -> std::result::Result<Self, MetadataError> {
         let kv = parse_metadata(s)?;
         let get = |k: &str| {
             kv.get(k)
                 .copied()
-                .ok_or_else(|| format!("config lacks {k}"))
+                .ok_or_else(|| MetadataError(format!("config lacks {k}")))
         };
         Ok(Self {
             c1: get("c1")?,
@@ -73,21 +75,30 @@ impl Config {
     }
 }
 
+/// A weights file's architecture string (`vaeproxy.config`) is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("weights metadata: {0}")]
+pub struct MetadataError(pub String);
+
 /// Parses a `k=v,...` architecture string from a weights file's metadata;
 /// every value is bounded to 1..=1024, so a hostile file cannot ask for an
 /// absurd network.
-pub(crate) fn parse_metadata(s: &str) -> std::result::Result<HashMap<String, usize>, String> {
+pub(crate) fn parse_metadata(
+    s: &str,
+) -> std::result::Result<HashMap<String, usize>, MetadataError> {
     let mut kv = HashMap::new();
     for part in s.split(',') {
         let (k, v) = part
             .split_once('=')
-            .ok_or_else(|| format!("bad config entry {part:?}"))?;
+            .ok_or_else(|| MetadataError(format!("bad config entry {part:?}")))?;
         let v: usize = v
             .trim()
             .parse()
-            .map_err(|_| format!("bad number in config entry {part:?}"))?;
+            .map_err(|_| MetadataError(format!("bad number in config entry {part:?}")))?;
         if v == 0 || v > 1024 {
-            return Err(format!("config entry {part:?} out of range 1..=1024"));
+            return Err(MetadataError(format!(
+                "config entry {part:?} out of range 1..=1024"
+            )));
         }
         kv.insert(k.trim().to_string(), v);
     }
@@ -109,6 +120,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// Weights under `vb` (`enc.*`).
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         Ok(Self {
             stem: blocks::conv(vb.pp("stem"), 48, cfg.c1, 3)?,
@@ -147,6 +159,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Weights under `vb` (`dec.*`).
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         Ok(Self {
             head: blocks::conv(vb.pp("head"), cfg.z, cfg.c3, 3)?,
@@ -171,12 +184,16 @@ impl Module for Decoder {
 /// The whole VAE. Images enter and leave as `[N, 3, H, W]` f32 in `[0, 1]`.
 #[derive(Debug, Clone)]
 pub struct Vae {
+    /// Image to posterior.
     pub encoder: Encoder,
+    /// Latent to image.
     pub decoder: Decoder,
+    /// The widths.
     pub config: Config,
 }
 
 impl Vae {
+    /// The network from weights under `vb`.
     pub fn new(vb: VarBuilder, config: Config) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::new(vb.pp("enc"), &config)?,
@@ -199,11 +216,14 @@ impl Vae {
 
     /// Posterior mean and log-variance of images in `[0, 1]`.
     pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        // the costliest work in the proxy: a TRACE span shows it per job
+        let _span = tracing::trace_span!("vae.encode", shape = ?x.dims()).entered();
         self.encoder.forward(&(x - 0.5)?)
     }
 
     /// Images in (roughly) `[0, 1]`; callers clamp.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("vae.decode", shape = ?z.dims()).entered();
         self.decoder.forward(z)? + 0.5
     }
 }
@@ -222,7 +242,7 @@ pub fn config_from_safetensors(bytes: &[u8]) -> Result<Config> {
                 Config::METADATA_KEY
             ))
         })?;
-    Config::from_metadata(s).map_err(candle_core::Error::Msg)
+    Config::from_metadata(s).map_err(candle_core::Error::wrap)
 }
 
 #[cfg(test)]

@@ -22,20 +22,25 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainConfig {
     #[arg(long, default_value_t = TrainConfig::default().steps)]
+    /// Steps in all (a resumed run stops here too).
     pub steps: usize,
     #[arg(long, default_value_t = TrainConfig::default().batch)]
+    /// Crops per step.
     pub batch: usize,
     #[arg(long, default_value_t = TrainConfig::default().crop)]
+    /// Crop side, pixels.
     pub crop: usize,
     /// Weight of the KL term (bits per pixel) against MSE in 8-bit units.
     #[arg(long, default_value_t = TrainConfig::default().beta)]
     pub beta: f64,
     #[arg(long, default_value_t = TrainConfig::default().lr)]
+    /// Peak learning rate (Adam), cosine-decayed to a tenth.
     pub lr: f64,
     /// Steps over which the KL weight and the sampling noise ramp from 0 to 1.
     #[arg(long, default_value_t = TrainConfig::default().warmup)]
     pub warmup: usize,
     #[arg(long, default_value_t = TrainConfig::default().seed)]
+    /// Seed of crops and noise.
     pub seed: u64,
     /// Seconds between checkpoints.
     #[arg(long, default_value_t = TrainConfig::default().checkpoint_secs)]
@@ -60,10 +65,15 @@ impl Default for TrainConfig {
 /// Numbers reported after each step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepStats {
+    /// The step just taken.
     pub step: usize,
+    /// Total loss.
     pub loss: f32,
+    /// Reconstruction MSE in 8-bit units.
     pub mse255: f32,
+    /// KL term, bits per pixel.
     pub kl_bpp: f32,
+    /// Learning rate used.
     pub lr: f64,
 }
 
@@ -140,31 +150,17 @@ fn lr_at(cfg: &TrainConfig, step: usize) -> f64 {
     cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
 }
 
-/// Loads every PNG/JPEG/WebP in `dir` (sorted by name) as RGB.
-pub fn load_images(dir: &Path) -> std::result::Result<Vec<RgbImage>, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .map(|e| e.to_ascii_lowercase())
-                    .as_deref(),
-                Some("png" | "jpg" | "jpeg" | "webp")
-            )
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(format!("{}: no PNG/JPEG/WebP images", dir.display()));
-    }
-    files
+/// Loads every image of [`crate::codec::image_files`] in `dir` as RGB.
+pub fn load_images(dir: &Path) -> crate::Result<Vec<RgbImage>> {
+    crate::codec::image_files(dir)?
         .iter()
         .map(|f| {
-            let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let bytes = std::fs::read(f).map_err(|source| crate::Error::Io {
+                path: f.display().to_string(),
+                source,
+            })?;
             crate::codec::read_image(&bytes, crate::codec::DEFAULT_MAX_PIXELS)
-                .map_err(|e| format!("{}: {e}", f.display()))
+                .map_err(|e| crate::Error::Image(format!("{}: {e}", f.display())))
         })
         .collect()
 }
@@ -234,10 +230,13 @@ pub fn vae_loss(
 
 /// A training run in progress. `run` drives it; checkpoints go to `<out>.ckpt.safetensors`.
 pub struct Trainer {
+    /// The run's hyper-parameters.
     pub cfg: TrainConfig,
+    /// The network being trained.
     pub vae: Vae,
     varmap: VarMap,
     opt: AdamW,
+    /// Steps taken so far.
     pub step: usize,
     out: PathBuf,
 }
@@ -400,4 +399,14 @@ pub fn save_with_config(
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the optimiser state is megabytes of tensors: the position is what matters
+        f.debug_struct("Trainer")
+            .field("step", &self.step)
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }

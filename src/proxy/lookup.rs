@@ -3,13 +3,15 @@
 //! within the size limit, the buffer budget and the deadline, and the image
 //! filter that turns a stored body into a latent on the model pool.
 
+use super::fleet::FleetMiss;
 use super::headers::{
     add_via, is_latent, parts_clone, pragma_no_cache, strip_hop_by_hop, HOP_BY_HOP,
 };
 use super::transform::{self, Guard, Memo, Transformed};
 use super::upstream::{self, empty, find_source, holding, Collected, ProxyBody, Stalled};
 use super::{Ctx, Fetched, Proxy};
-use crate::cache::freshness::{self, Directives, Freshness, Reuse};
+use crate::cache::directives::{self, Directives};
+use crate::cache::freshness::{self, Freshness, Reuse};
 use crate::cache::{self, Body as Stored, Entry, Flight};
 use crate::error::HttpError;
 use bytes::Bytes;
@@ -30,9 +32,9 @@ impl Proxy {
         let (parts, _body) = req.into_parts();
         let m = &self.inner.metrics;
         let pragma = pragma_no_cache(&parts.headers);
-        let mut followed = false;
+        let (mut followed, mut asked_fleet) = (false, false);
         loop {
-            let now = SystemTime::now();
+            let now = self.inner.cache.clock().now();
             let entry = self.inner.cache.lookup(&ctx.key, &parts.headers).await;
             let stale = match entry {
                 Some(e) => match freshness::reuse(&e.freshness, &ctx.req_cc, pragma, now) {
@@ -46,30 +48,7 @@ impl Proxy {
                     }
                     Reuse::StaleRevalidate => {
                         m.lookups.with_label_values(&["stale"]).inc();
-                        if let Flight::Leader(guard) = self.inner.cache.join(&ctx.key) {
-                            let me = self.clone();
-                            let (p, up, peer, host, key, e2) = (
-                                parts_clone(&parts),
-                                ctx.upstream.clone(),
-                                ctx.peer,
-                                ctx.host.clone(),
-                                ctx.key.clone(),
-                                Arc::clone(&e),
-                            );
-                            tokio::spawn(async move {
-                                let live = me.live();
-                                let ctx = Ctx {
-                                    upstream: &up,
-                                    peer,
-                                    host,
-                                    key,
-                                    req_cc: Directives::default(),
-                                    live: &live,
-                                };
-                                let _ = me.fetch(&p, &ctx, Some(e2)).await;
-                                drop(guard);
-                            });
-                        }
+                        self.revalidate_in_background(&parts, ctx, &e);
                         return self.respond_from(&e, &parts, ctx, None, "stale").await;
                     }
                     Reuse::Revalidate => Some(e),
@@ -99,29 +78,81 @@ impl Proxy {
                 .with_label_values(&[if stale.is_some() { "stale" } else { "miss" }])
                 .inc();
             let revalidating = stale.is_some();
+            let mut fleet_lock = None;
+            if !revalidating && !asked_fleet {
+                asked_fleet = true;
+                match self.fleet_miss(&ctx.key).await {
+                    FleetMiss::Filled => {
+                        drop(guard);
+                        continue;
+                    }
+                    FleetMiss::Fetch(lock) => fleet_lock = lock,
+                }
+            }
             let fetched = self.fetch(&parts, ctx, stale).await;
+            self.fleet_done(fleet_lock).await;
             drop(guard);
-            return match fetched? {
-                Fetched::Stored(e, original, held, withheld) => {
-                    let (r, outcome) = self.respond_from(&e, &parts, ctx, original, "miss").await?;
-                    let (mut rp, body) = r.into_parts();
-                    for (name, v) in withheld {
-                        rp.headers.append(name, v);
-                    }
-                    Ok((Response::from_parts(rp, holding(body, held)), outcome))
-                }
-                Fetched::Freshened(e) => {
-                    self.respond_from(&e, &parts, ctx, None, "revalidated")
-                        .await
-                }
-                Fetched::StaleOnError(e) => self.respond_from(&e, &parts, ctx, None, "stale").await,
-                Fetched::Relay(mut r) => {
-                    if parts.method == Method::HEAD {
-                        *r.body_mut() = empty();
-                    }
-                    Ok((r, if revalidating { "revalidated" } else { "pass" }))
-                }
+            return self
+                .respond_fetched(fetched?, &parts, ctx, revalidating)
+                .await;
+        }
+    }
+
+    /// RFC 5861 stale-while-revalidate: one background refresh per key (the
+    /// flight's leader), while this client gets the stale entry now.
+    fn revalidate_in_background(&self, parts: &Parts, ctx: &Ctx<'_>, e: &Arc<Entry>) {
+        let Flight::Leader(guard) = self.inner.cache.join(&ctx.key) else {
+            return;
+        };
+        let me = self.clone();
+        let (p, up, peer, host, key, e2) = (
+            parts_clone(parts),
+            ctx.upstream.clone(),
+            ctx.peer,
+            ctx.host.clone(),
+            ctx.key.clone(),
+            Arc::clone(e),
+        );
+        tokio::spawn(async move {
+            let live = me.live();
+            let ctx = Ctx {
+                upstream: &up,
+                peer,
+                host,
+                key,
+                req_cc: Directives::default(),
+                live: &live,
             };
+            let _ = me.fetch(&p, &ctx, Some(e2)).await;
+            drop(guard);
+        });
+    }
+
+    /// The client's answer from what [`Proxy::fetch`] did.
+    async fn respond_fetched(
+        &self,
+        fetched: Fetched,
+        parts: &Parts,
+        ctx: &Ctx<'_>,
+        revalidating: bool,
+    ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
+        match fetched {
+            Fetched::Stored(e, original, held, withheld) => {
+                let (r, outcome) = self.respond_from(&e, parts, ctx, original, "miss").await?;
+                let (mut rp, body) = r.into_parts();
+                for (name, v) in withheld {
+                    rp.headers.append(name, v);
+                }
+                Ok((Response::from_parts(rp, holding(body, held)), outcome))
+            }
+            Fetched::Freshened(e) => self.respond_from(&e, parts, ctx, None, "revalidated").await,
+            Fetched::StaleOnError(e) => self.respond_from(&e, parts, ctx, None, "stale").await,
+            Fetched::Relay(mut r) => {
+                if parts.method == Method::HEAD {
+                    *r.body_mut() = empty();
+                }
+                Ok((r, if revalidating { "revalidated" } else { "pass" }))
+            }
         }
     }
 
@@ -134,44 +165,29 @@ impl Proxy {
         stale: Option<Arc<Entry>>,
     ) -> Result<Fetched, HttpError> {
         let inner = &self.inner;
-        let mut headers = parts.headers.clone();
-        // Ask for the full response so it can be stored; the client's own
-        // conditionals are answered from it afterwards.
-        headers.remove(header::IF_NONE_MATCH);
-        headers.remove(header::IF_MODIFIED_SINCE);
-        if let Some(e) = &stale {
-            if let Some(v) = e.headers.get(header::ETAG) {
-                headers.insert(header::IF_NONE_MATCH, v.clone());
-            }
-            if let Some(v) = e.headers.get(header::LAST_MODIFIED) {
-                headers.insert(header::IF_MODIFIED_SINCE, v.clone());
-            }
-        }
+        let headers = origin_conditionals(&parts.headers, stale.as_deref());
         let req = self.origin_request(&Method::GET, &parts.uri, &headers, ctx, empty())?;
-        let request_time = SystemTime::now();
+        let clock = self.inner.cache.clock();
+        let request_time = clock.now();
         let resp = match self.send(req).await {
             Ok(r) => r,
-            Err(err) => {
-                return match stale {
-                    Some(e)
-                        if freshness::may_serve_on_error(
-                            &e.freshness,
-                            &ctx.req_cc,
-                            SystemTime::now(),
-                        ) =>
-                    {
-                        Ok(Fetched::StaleOnError(e))
-                    }
-                    _ => Err(err),
+            // RFC 5861 stale-if-error: the stored response beats an error page
+            Err(err) => match stale {
+                Some(e)
+                    if freshness::may_serve_on_error(&e.freshness, &ctx.req_cc, clock.now()) =>
+                {
+                    return Ok(Fetched::StaleOnError(e))
                 }
-            }
+                _ => return Err(err),
+            },
         };
-        let response_time = SystemTime::now();
+        let response_time = clock.now();
         let status = resp.status();
         if let Some(e) = &stale {
             if status == StatusCode::NOT_MODIFIED {
                 let freshened = self.freshen(e, resp.headers(), request_time, response_time);
                 inner.cache.store(&ctx.key, Arc::clone(&freshened)).await;
+                self.publish(&ctx.key).await;
                 return Ok(Fetched::Freshened(freshened));
             }
             if status.is_server_error()
@@ -192,7 +208,7 @@ impl Proxy {
         if !storable {
             if stale.is_some() && !status.is_server_error() {
                 // The stored response was replaced by one we may not store.
-                inner.cache.invalidate(&ctx.key).await;
+                self.invalidate(&ctx.key).await;
             }
             add_via(&mut rparts.headers);
             return Ok(Fetched::Relay(Response::from_parts(rparts, body)));
@@ -215,6 +231,24 @@ impl Proxy {
                 return Ok(Fetched::Relay(Response::from_parts(rparts, body)));
             }
         };
+        let times = (request_time, response_time);
+        self.store_fetched(rparts, bytes, held, times, parts, ctx)
+            .await
+    }
+
+    /// Phase 5: the buffered response becomes a cache entry (the image
+    /// filter runs here), stored under the request's key.
+    async fn store_fetched(
+        &self,
+        mut rparts: hyper::http::response::Parts,
+        bytes: Bytes,
+        held: upstream::Held,
+        (request_time, response_time): (SystemTime, SystemTime),
+        parts: &Parts,
+        ctx: &Ctx<'_>,
+    ) -> Result<Fetched, HttpError> {
+        let inner = &self.inner;
+        let status = rparts.status;
         let withheld = withhold(&mut rparts.headers);
         let f = Freshness::of(
             status,
@@ -230,6 +264,7 @@ impl Proxy {
             inner.cache.store_original(entry.id, o.clone()).await;
         }
         inner.cache.store(&ctx.key, Arc::clone(&entry)).await;
+        self.publish(&ctx.key).await;
         Ok(Fetched::Stored(entry, original, held, withheld))
     }
 
@@ -272,7 +307,7 @@ impl Proxy {
         bytes: Bytes,
     ) -> (Stored, Option<Bytes>) {
         let inner = &self.inner;
-        let m = &inner.metrics;
+        let m = &inner.metrics.model;
         let keep = |g: Guard, bytes: Bytes| {
             m.guards.with_label_values(&[g.label()]).inc();
             (Stored::Plain(bytes), None)
@@ -374,6 +409,24 @@ impl Proxy {
     }
 }
 
+/// The client's headers as sent to the origin for a cacheable GET: the
+/// client's own conditionals go (the full response is wanted, to store it;
+/// they are answered from it afterwards), the stale entry's validators come.
+fn origin_conditionals(client: &HeaderMap, stale: Option<&Entry>) -> HeaderMap {
+    let mut headers = client.clone();
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
+    if let Some(e) = stale {
+        if let Some(v) = e.headers.get(header::ETAG) {
+            headers.insert(header::IF_NONE_MATCH, v.clone());
+        }
+        if let Some(v) = e.headers.get(header::LAST_MODIFIED) {
+            headers.insert(header::IF_MODIFIED_SINCE, v.clone());
+        }
+    }
+    headers
+}
+
 /// Removes from a response about to be stored the fields that belong to
 /// this one client or this one exchange, and returns them for the client
 /// that asked: `Set-Cookie`, and the fields a qualified `no-cache="..."`
@@ -381,7 +434,7 @@ impl Proxy {
 /// stored copy never has them). Freshness fields are never withheld.
 fn withhold(headers: &mut HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     let mut names = vec![header::SET_COOKIE];
-    for f in freshness::directives(headers).no_cache_fields {
+    for f in directives::directives(headers).no_cache_fields {
         match HeaderName::from_bytes(f.as_bytes()) {
             Ok(n)
                 if ![

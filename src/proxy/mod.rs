@@ -25,6 +25,7 @@
 //! responses) streams through (`pass.rs`), and unsafe methods invalidate what
 //! they touch.
 
+mod fleet;
 mod generation;
 mod headers;
 mod log;
@@ -32,6 +33,7 @@ mod lookup;
 pub mod negotiate;
 mod ops;
 mod pass;
+mod reload;
 mod respond;
 mod samples;
 pub mod transform;
@@ -39,9 +41,12 @@ pub mod upstream;
 
 pub use headers::strip_hop_by_hop;
 
-use crate::cache::freshness::{self, Directives, Heuristic};
+use crate::cache::directives::{self, Directives};
+use crate::cache::freshness::Heuristic;
 use crate::cache::key::PrimaryKey;
+use crate::cache::shared::Shared;
 use crate::cache::{Cache, Entry};
+use crate::clock::Clock;
 use crate::codec::pool::Pool;
 use crate::config::{Config, IpBlock};
 use crate::error::{HttpError, StartError};
@@ -61,6 +66,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use transform::Memo;
 use upstream::{full, Budget, Held, OriginClient, ProxyBody, Upstream, Watched};
 
@@ -98,6 +104,8 @@ struct Inner {
     conns: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Budgets of the on-demand generative routes.
     generative: Arc<generation::Limiter>,
+    /// The fleet's shared tier under `cache`, when `cache.shared` is set.
+    shared: Option<Shared>,
 }
 
 /// The configuration in force and what is derived from it.
@@ -201,18 +209,25 @@ impl Proxy {
         metrics: Metrics,
         demo: Option<SocketAddr>,
         sampler: Sampler,
+        clock: Clock,
     ) -> Result<Proxy, StartError> {
         let cache = Cache::new(
             cfg.cache.capacity_bytes,
             cfg.cache.originals_bytes,
             Duration::from_secs(cfg.cache.keep_stale_secs),
-        );
+        )
+        .with_clock(clock);
         let (cfg_budget, cfg_memo) = (cfg.limits.max_buffered_bytes, cfg.cache.content_memo_bytes);
         for g in transform::Guard::ALL {
-            metrics.guards.with_label_values(&[g.label()]);
+            metrics.model.guards.with_label_values(&[g.label()]);
         }
         let client = OriginClient::new(&cfg.limits, cfg.origin_ca_file.as_deref())
             .map_err(StartError::Config)?;
+        let shared = cfg.cache.shared_config().map(|c| {
+            let ops = &metrics.ops;
+            let model = pool.codec().id().to_hex();
+            Shared::start(c, &model, ops.shared.clone(), ops.shared_errors.clone())
+        });
         let live = Live::new(cfg, demo)?;
         Ok(Proxy {
             inner: Arc::new(Inner {
@@ -228,6 +243,7 @@ impl Proxy {
                 memo: Memo::new(cfg_memo),
                 conns: Arc::default(),
                 generative: Arc::default(),
+                shared,
             }),
         })
     }
@@ -240,33 +256,6 @@ impl Proxy {
     /// The configuration in force.
     pub fn config(&self) -> Config {
         self.live().cfg.clone()
-    }
-
-    /// Replaces the configuration for the next requests: routes, trusted
-    /// proxies, the codec's per-request settings, limits, the generative
-    /// routes. Keys that only a restart can change are returned by name (the
-    /// running values stay). On error nothing changes.
-    pub fn reload(&self, cfg: Config) -> Result<Vec<&'static str>, StartError> {
-        let levels = self.inner.pool.codec().levels();
-        if usize::from(cfg.codec.quality) > usize::from(levels) {
-            return Err(StartError::Config(format!(
-                "codec.quality: {} but the weights have {levels} levels",
-                cfg.codec.quality
-            )));
-        }
-        let old = self.live();
-        let restart = restart_only_changes(&old.cfg, &cfg);
-        let live = Live::new(cfg, self.inner.demo)?;
-        let (a, b) = (&old.cfg.codec, &live.cfg.codec);
-        if (a.enabled, a.quality, a.max_pixels, a.max_image_bytes)
-            != (b.enabled, b.quality, b.max_pixels, b.max_image_bytes)
-            || a.psnr_floor != b.psnr_floor
-        {
-            // Remembered outcomes were decided under the old settings.
-            self.inner.memo.clear();
-        }
-        *self.inner.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
-        Ok(restart)
     }
 
     /// A slot outside the per-address count (the admin listener's).
@@ -299,14 +288,17 @@ impl Proxy {
         })
     }
 
+    /// The proxy's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
+    /// The proxy's cache.
     pub fn cache(&self) -> &Cache {
         &self.inner.cache
     }
 
+    /// The model pool.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
     }
@@ -322,12 +314,16 @@ impl Proxy {
         let start = Instant::now();
         // The access log's fields cost allocations: only when it is on.
         let log = tracing::enabled!(tracing::Level::INFO).then(|| AccessLog::of(&req, peer));
+        // one span per request, so a model job's TRACE span and any warning
+        // name the request they belong to
+        let span = tracing::debug_span!("request", method = %req.method(), path = req.uri().path());
         let (served, upstream) = log::timed(async {
             match role {
                 Role::Public => self.serve(req, peer).await,
                 Role::Admin => self.admin(req).await,
             }
         })
+        .instrument(span)
         .await;
         let (mut resp, outcome) = served.unwrap_or_else(|e| (error_response(&e), "error"));
         if role == Role::Public {
@@ -395,7 +391,7 @@ impl Proxy {
             peer,
             key: PrimaryKey::new("http", &host, &pq),
             host,
-            req_cc: freshness::directives(req.headers()),
+            req_cc: directives::directives(req.headers()),
             live: &live,
         };
         // A GET/HEAD with a body is forwarded with its body, uncached: the
@@ -426,69 +422,16 @@ pub(super) fn error_response(e: &HttpError) -> Response<ProxyBody> {
     r
 }
 
-/// Keys whose new values a running proxy cannot take (listeners, cache
-/// sizes, the model pool, the sample pools, origin timeouts): named in the
-/// reload's log line so the operator knows to restart.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    let mut check = |key: &'static str, differs: bool| {
-        if differs {
-            changed.push(key);
-        }
-    };
-    check("listen", old.listen != new.listen);
-    check("origin_ca_file", old.origin_ca_file != new.origin_ca_file);
-    check(
-        "admin",
-        (old.admin.enabled, old.admin.listen) != (new.admin.enabled, new.admin.listen),
-    );
-    let (a, b) = (&old.cache, &new.cache);
-    check(
-        "cache sizes",
-        (
-            a.capacity_bytes,
-            a.originals_bytes,
-            a.samples_bytes,
-            a.derived_bytes,
-        ) != (
-            b.capacity_bytes,
-            b.originals_bytes,
-            b.samples_bytes,
-            b.derived_bytes,
-        ) || a.keep_stale_secs != b.keep_stale_secs
-            || a.content_memo_bytes != b.content_memo_bytes,
-    );
-    let (a, b) = (&old.codec, &new.codec);
-    check(
-        "codec.weights/pool_threads/pool_queue",
-        a.weights != b.weights || a.pool_threads != b.pool_threads || a.pool_queue != b.pool_queue,
-    );
-    check(
-        "samples",
-        format!("{:?}", old.samples) != format!("{:?}", new.samples),
-    );
-    let (a, b) = (&old.limits, &new.limits);
-    check(
-        "limits (connections, timeouts toward clients and origins, buffers)",
-        (
-            a.connect_timeout_ms,
-            a.header_timeout_ms,
-            a.max_header_bytes,
-            a.max_connections,
-        ) != (
-            b.connect_timeout_ms,
-            b.header_timeout_ms,
-            b.max_header_bytes,
-            b.max_connections,
-        ) || (
-            a.client_write_timeout_ms,
-            a.max_buffered_bytes,
-            a.h2_max_streams,
-        ) != (
-            b.client_write_timeout_ms,
-            b.max_buffered_bytes,
-            b.h2_max_streams,
-        ) || a.shutdown_grace_secs != b.shutdown_grace_secs,
-    );
-    changed
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("ConnectionSlot").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
 }

@@ -8,8 +8,11 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 /// The representation chosen for one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice {
+    /// The `.vlat` code.
     Latent,
+    /// The origin's image bytes.
     Original,
+    /// The image decoded from the latent (when the original is gone).
     Reconstruction,
 }
 
@@ -17,8 +20,11 @@ pub enum Choice {
 /// their quotes and escapes undone; `q` is `None` when absent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaRange {
+    /// `type/subtype`, lower-cased.
     pub media_type: String,
+    /// Parameters other than `q`, names lower-cased, values unquoted.
     pub params: Vec<(String, String)>,
+    /// The `q` weight if given (0..=1).
     pub q: Option<f32>,
 }
 

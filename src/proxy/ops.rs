@@ -66,8 +66,19 @@ impl Proxy {
             }
         };
         let n = self.inner.cache.purge(&sel, soft).await;
+        if let (Selector::Url(k), false) = (&sel, soft) {
+            // the fleet's copy goes too; prefix and tag purges are local
+            if let Some(shared) = &self.inner.shared {
+                shared.remove(k).await;
+            }
+        }
         let mode = sel.mode(soft);
-        self.inner.metrics.purges.with_label_values(&[mode]).inc();
+        self.inner
+            .metrics
+            .ops
+            .purges
+            .with_label_values(&[mode])
+            .inc();
         tracing::info!(mode, purged = n, target = %req.uri(), "purge");
         let mut r = Response::new(full(format!("{{\"purged\":{n},\"mode\":\"{mode}\"}}\n")));
         r.headers_mut().insert(
@@ -90,7 +101,16 @@ impl Proxy {
             r
         };
         match path {
-            "/_vaeproxy/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/_vaeproxy/healthz" => {
+                // the shared tier is detail, never a failed check: the proxy
+                // serves without it
+                let detail = match &self.inner.shared {
+                    Some(s) if s.is_up() => "ok\nshared: up\n",
+                    Some(_) => "ok\nshared: down (serving without it)\n",
+                    None => "ok\n",
+                };
+                text(StatusCode::OK, "text/plain", detail.into())
+            }
             "/_vaeproxy/metrics" => {
                 let m = &self.inner.metrics;
                 let sizes = self.inner.cache.sizes().await;

@@ -35,7 +35,7 @@ impl Proxy {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         if unsafe_method && (resp.status().is_success() || resp.status().is_redirection()) {
-            inner.cache.invalidate(&ctx.key).await;
+            self.invalidate(&ctx.key).await;
             for h in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(k) = resp
                     .headers()
@@ -43,7 +43,7 @@ impl Proxy {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| same_origin_key(&ctx.host, v))
                 {
-                    inner.cache.invalidate(&k).await;
+                    self.invalidate(&k).await;
                 }
             }
         }

@@ -6,7 +6,7 @@ use super::headers::add_via;
 use super::negotiate::{self, Choice};
 use super::upstream::{empty, full, Collected, ProxyBody};
 use super::{Ctx, Proxy};
-use crate::cache::freshness;
+use crate::cache::directives;
 use crate::cache::{Body as Stored, Entry};
 use crate::config::Reconstructions;
 use crate::error::HttpError;
@@ -15,7 +15,6 @@ use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
-use std::time::SystemTime;
 
 impl Proxy {
     /// Phase 6: a response from a stored entry, negotiated and conditional.
@@ -29,7 +28,7 @@ impl Proxy {
     ) -> Result<(Response<ProxyBody>, &'static str), HttpError> {
         let inner = &self.inner;
         let mut headers = e.headers.clone();
-        let age = e.freshness.age(SystemTime::now()).as_secs();
+        let age = e.freshness.age(self.inner.cache.clock().now()).as_secs();
         headers.insert(header::AGE, HeaderValue::from(age));
         let body: Bytes = match &e.body {
             Stored::Plain(b) => b.clone(),
@@ -175,7 +174,7 @@ impl Proxy {
             })
             .ok()?;
         let png = rx.await.ok()??;
-        self.inner.metrics.decodes.inc();
+        self.inner.metrics.model.decodes.inc();
         Some(png)
     }
 }
@@ -204,11 +203,11 @@ pub(super) fn not_modified(req: &HeaderMap, resp: &HeaderMap) -> bool {
         let mine = strip(etag);
         return inm.split(',').any(|t| t.trim() == "*" || strip(t) == mine);
     }
-    let since = freshness::date_header(req, &header::IF_MODIFIED_SINCE);
+    let since = directives::date_header(req, &header::IF_MODIFIED_SINCE);
     // Without Last-Modified, the Date of the stored response is the best
     // lower bound of its modification time (RFC 9110 13.1.3).
-    let lm = freshness::date_header(resp, &header::LAST_MODIFIED)
-        .or_else(|| freshness::date_header(resp, &header::DATE));
+    let lm = directives::date_header(resp, &header::LAST_MODIFIED)
+        .or_else(|| directives::date_header(resp, &header::DATE));
     match (since, lm) {
         (Some(since), Some(lm)) => lm <= since,
         _ => false,

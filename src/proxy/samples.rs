@@ -19,7 +19,7 @@ use super::headers::request_host;
 use super::respond::not_modified;
 use super::upstream::{empty, full, ProxyBody};
 use super::{error_response, negotiate, Proxy};
-use crate::cache::freshness;
+use crate::cache::directives;
 use crate::cache::key::PrimaryKey;
 use crate::cache::{self, Body as Stored};
 use crate::error::HttpError;
@@ -77,6 +77,7 @@ impl Proxy {
         if !on {
             self.inner
                 .metrics
+                .ops
                 .generative_refused
                 .with_label_values(&["disabled"])
                 .inc();
@@ -214,6 +215,7 @@ impl Proxy {
         };
         self.inner
             .metrics
+            .ops
             .generative_refused
             .with_label_values(&[refusal.label()])
             .inc();
@@ -336,7 +338,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let mut headers = HeaderMap::new();
         let latent = s.latent.as_ref().filter(|_| {
-            !freshness::directives(req.headers()).no_transform
+            !directives::directives(req.headers()).no_transform
                 && negotiate::accepts_latent(req.headers(), &self.inner.model)
         });
         let (body, ctype, etag) = match latent {

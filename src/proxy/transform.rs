@@ -46,6 +46,7 @@ impl Guard {
         Guard::Unsupported,
     ];
 
+    /// The `reason` label in `vaeproxy_guard_total`.
     pub fn label(self) -> &'static str {
         match self {
             Guard::TooLarge => "too_large",
@@ -64,7 +65,14 @@ impl Guard {
 /// The outcome of one encode job.
 #[derive(Debug, Clone)]
 pub enum Transformed {
-    Latent { code: Bytes, psnr: f64 },
+    /// Encoded; `psnr` is the reconstruction's, dB.
+    Latent {
+        /// The `.vlat` bytes.
+        code: Bytes,
+        /// PSNR of the reconstruction against the original, dB.
+        psnr: f64,
+    },
+    /// Kept as the original, for this reason.
     Kept(Guard),
 }
 
@@ -107,6 +115,7 @@ impl Memo {
         }
     }
 
+    /// The earlier outcome for these original bytes (SHA-256).
     pub async fn get(&self, digest: &[u8; 32]) -> Option<Transformed> {
         self.cache.as_ref()?.get(digest).await
     }
@@ -118,6 +127,7 @@ impl Memo {
         }
     }
 
+    /// Remembers an outcome.
     pub async fn insert(&self, digest: [u8; 32], t: Transformed) {
         if let Some(c) = &self.cache {
             c.insert(digest, t).await;
@@ -162,7 +172,7 @@ pub fn precheck(headers: &hyper::HeaderMap, body: &[u8]) -> Precheck {
             Precheck::NotAnImage
         };
     }
-    if crate::cache::freshness::directives(headers).no_transform {
+    if crate::cache::directives::directives(headers).no_transform {
         return Precheck::Keep(Guard::NoTransform);
     }
     Precheck::Encode
@@ -290,6 +300,13 @@ fn has_meaningful_alpha(img: &image::DynamicImage) -> bool {
     let rgba = img.to_rgba8();
     let see_through = rgba.pixels().filter(|p| p.0[3] < 250).count();
     see_through * 1000 > rgba.pixels().len()
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("Memo").finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

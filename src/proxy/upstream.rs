@@ -24,14 +24,17 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+/// Any body error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends or relays.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
+/// A body of these bytes.
 pub fn full(b: impl Into<Bytes>) -> ProxyBody {
     Full::new(b.into()).map_err(|e| match e {}).boxed()
 }
 
+/// An empty body.
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|e| match e {}).boxed()
 }
@@ -39,10 +42,15 @@ pub fn empty() -> ProxyBody {
 /// A route with its origin parsed.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// Matches only this `Host` (any when `None`).
     pub host: Option<String>,
+    /// Matches only paths under this prefix.
     pub path_prefix: Option<String>,
+    /// Where requests go.
     pub origin: Origin,
+    /// Send the client's `Host` instead of the origin's.
     pub preserve_host: bool,
+    /// Store responses with `Set-Cookie` (the header itself is never stored).
     pub store_set_cookie: bool,
 }
 
@@ -63,6 +71,7 @@ impl Upstream {
         })
     }
 
+    /// Whether a request for `host` and `path` takes this route.
     pub fn matches(&self, host: &str, path: &str) -> bool {
         self.host.as_deref().is_none_or(|h| h == host)
             && self
@@ -218,6 +227,7 @@ pub struct Watched<B> {
 }
 
 impl<B> Watched<B> {
+    /// Wraps `inner`; `counter` counts bodies closed for idling longer than `idle`.
     pub fn new(inner: B, idle: Duration, counter: IntCounter) -> Self {
         Watched {
             inner,
@@ -285,22 +295,24 @@ where
 /// requests (`limits.max_buffered_bytes`). Counted in KiB; what a response
 /// holds is released when its body is dropped (sent, or the client gone), so
 /// slow readers cannot pile up buffered bodies beyond it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Budget {
     sem: Arc<Semaphore>,
 }
 
 /// Budget held by one buffered body.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Held(Option<OwnedSemaphorePermit>);
 
 impl Held {
+    /// KiB of the budget this holds.
     pub fn kib(&self) -> u32 {
         self.0.as_ref().map_or(0, |p| p.num_permits() as u32)
     }
 }
 
 impl Budget {
+    /// A budget of `bytes`.
     pub fn new(bytes: u64) -> Budget {
         let kib = (bytes / 1024).min(Semaphore::MAX_PERMITS as u64) as usize;
         Budget {
@@ -336,8 +348,11 @@ pub enum Collected {
     /// Over the size limit or the budget: what was read, and the rest, to be
     /// streamed through instead of cached.
     Over {
+        /// The chunks read before the limit.
         prefix: Vec<Bytes>,
+        /// The unread rest of the body.
         rest: ProxyBody,
+        /// The budget the prefix holds.
         held: Held,
         /// The budget was spent (rather than the size limit reached).
         budget_spent: bool,
@@ -417,5 +432,26 @@ impl Body for Prefixed {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
         Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+impl std::fmt::Debug for Collected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("Collected").finish_non_exhaustive()
+    }
+}
+
+impl<B> std::fmt::Debug for Watched<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("Watched").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OriginClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // a handle over shared state: its contents are the metrics' business
+        f.debug_struct("OriginClient").finish_non_exhaustive()
     }
 }

@@ -140,6 +140,8 @@ pub async fn start_origin(
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The cache's clock: `advance` it instead of sleeping through a max-age.
+    pub clock: vaeproxy::clock::Clock,
     shutdown: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -172,7 +174,10 @@ pub async fn start_proxy(toml: &str, origin: &str) -> Proxy {
     let toml = toml.replace("{origin}", origin);
     let cfg = Config::from_toml(&toml).unwrap();
     let limits = cfg.limits.clone();
-    let proxy = vaeproxy::server::build(cfg, codec()).await.unwrap();
+    let clock = vaeproxy::clock::Clock::steppable();
+    let proxy = vaeproxy::server::build_with_clock(cfg, codec(), clock.clone())
+        .await
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -191,6 +196,7 @@ pub async fn start_proxy(toml: &str, origin: &str) -> Proxy {
     Proxy {
         addr,
         admin,
+        clock,
         shutdown: Some(tx),
         done: Some(done),
     }
