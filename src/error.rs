@@ -61,7 +61,7 @@ pub enum StartError {
         /// 0-based position in the config's `[[route]]` list.
         index: usize,
         /// What is wrong with it.
-        reason: String,
+        reason: crate::proxy::upstream::RouteError,
     },
     /// An entry of `trusted_proxies` is not an IP or CIDR block.
     /// The configuration is valid alone but not for this running proxy.
@@ -69,10 +69,16 @@ pub enum StartError {
     Config(String),
     #[error("trusted_proxies: {0}")]
     /// An entry of `trusted_proxies` is not an IP or CIDR block.
-    TrustedProxy(String),
+    TrustedProxy(#[from] crate::config::AddrError),
     /// A metric could not be registered (a duplicate name: a bug).
     #[error("registering the metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The origin client (its TLS roots) could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::proxy::upstream::ClientError),
+    /// The model pool's threads could not be started.
+    #[error("starting the model pool: {0}")]
+    Pool(#[source] std::io::Error),
     /// The built-in demo origin could not bind its loopback port.
     #[error("starting the demo origin: {0}")]
     Demo(#[source] std::io::Error),

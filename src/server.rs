@@ -181,7 +181,8 @@ pub async fn build_with_clock(
         cfg.codec.pool_threads,
         cfg.codec.pool_queue,
         metrics.model.pool_queue_depth.clone(),
-    );
+    )
+    .map_err(crate::error::StartError::Pool)?;
     let demo = if cfg.routes.iter().any(|r| r.origin == "demo") {
         Some(
             crate::demo::start()

@@ -11,8 +11,8 @@ use std::time::Duration;
 use support::*;
 use vaeproxy::client::Decoder;
 
-/// A `redis-server` on `port` that dies with the value.
-struct Redis(Child);
+/// A `redis-server` on a port (the second field) that dies with the value.
+struct Redis(Child, u16);
 
 impl Drop for Redis {
     fn drop(&mut self) {
@@ -46,6 +46,7 @@ async fn start_redis(port: u16) -> Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (.ci/run installs Debian's redis-server)"),
+        port,
     );
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -266,4 +267,113 @@ async fn a_store_that_is_down_late_or_garbage_never_reaches_clients() {
     drop(_redis);
     let r = get(&proxy.url("/after.jpg"), &[HOST]).await;
     assert_eq!((r.status, &r.body), (200, &photo));
+}
+
+/// Three `redis-server`s in cluster mode, their slots assigned by
+/// `redis-cli --cluster create`.
+async fn start_cluster() -> Vec<Redis> {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for p in &ports {
+        let conf = dir.path().join(format!("nodes-{p}.conf"));
+        let redis = Redis(
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &p.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed"),
+            *p,
+        );
+        nodes.push(redis);
+    }
+    for p in &ports {
+        let mut up = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", *p))
+                .await
+                .is_ok()
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(up, "cluster node {p} did not start");
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let made = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli is installed with redis-server");
+    assert!(made.success(), "redis-cli --cluster create failed");
+    // until every slot is served
+    for _ in 0..100 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &ports[0].to_string(), "cluster", "info"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+            std::mem::forget(dir); // the nodes' config files live as long as the nodes
+            return nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the cluster never reached cluster_state:ok");
+}
+
+/// The cluster form of `cache.shared`: two proxies on a three-node Redis
+/// Cluster share one fetch and one encode, as with one Redis.
+#[tokio::test]
+async fn a_redis_cluster_as_the_shared_tier() {
+    let cluster = start_cluster().await;
+    let seeds: Vec<String> = cluster
+        .iter()
+        .map(|r| format!("\"redis://127.0.0.1:{}/\"", r.1))
+        .collect();
+    let toml = format!(
+        "{BASIC}[cache]\nshared = [{}]\nshared_timeout_ms = 500\n",
+        seeds.join(", ")
+    );
+    let photo = data("canyon.jpg");
+    let p = photo.clone();
+    let origin = start_origin(move |_, _| photo_reply(&p, Duration::ZERO)).await;
+    let a = start_proxy(&toml, &origin.url()).await;
+    let b = start_proxy(&toml, &origin.url()).await;
+    until_shared_up(&a).await;
+    until_shared_up(&b).await;
+    for i in 0..4 {
+        let path = format!("/c{i}.jpg");
+        let first = get(&a.url(&path), &[HOST]).await;
+        let second = get(&b.url(&path), &[HOST]).await;
+        assert_eq!((first.status, second.status), (200, 200));
+        assert_eq!(second.body, photo);
+        assert_eq!(
+            origin.count(&path),
+            1,
+            "{path}: one fetch across the cluster-backed fleet"
+        );
+    }
+    assert_eq!(
+        metric(&b, "vaeproxy_shared_total{event=\"hit\"}").await,
+        4.0
+    );
 }

@@ -8,7 +8,7 @@ use hyper::header::{self, HeaderMap, HeaderName};
 use std::time::SystemTime;
 
 /// delta-seconds larger than this are taken as this (RFC 9111 1.2.2).
-const MAX_DELTA: u64 = 2_147_483_648;
+pub(crate) const MAX_DELTA: u64 = 2_147_483_648;
 
 /// Parsed `Cache-Control` directives (response or request).
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -5,6 +5,7 @@
 //! The header values themselves are parsed in [`super::directives`].
 
 use super::directives::{age_header, date_header, directives, surrogate, Directives};
+use super::targeted::targeted;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, StatusCode};
 use std::time::{Duration, SystemTime};
@@ -35,8 +36,7 @@ pub fn storable(
         return false;
     }
     let req = directives(req_headers);
-    let resp = directives(resp_headers);
-    let (surrogate_no_store, surrogate_max_age) = surrogate(resp_headers);
+    let (resp, (surrogate_no_store, surrogate_max_age)) = response_directives(resp_headers);
     // must-understand: store only statuses whose caching rules we know, and
     // then it overrides no-store (9111 5.2.2.3).
     let understood = matches!(
@@ -67,6 +67,16 @@ pub fn storable(
         || resp.s_maxage.is_some()
         || resp_headers.contains_key(header::EXPIRES)
         || heuristically_cacheable(status)
+}
+
+/// The response's directives for this cache: a valid `CDN-Cache-Control`
+/// (RFC 9213) replaces `Cache-Control` and `Surrogate-Control` whole;
+/// otherwise `Cache-Control`, with `Surrogate-Control`'s no-store and max-age.
+fn response_directives(headers: &HeaderMap) -> (Directives, (bool, Option<u64>)) {
+    match targeted(headers) {
+        Some(d) => (d, (false, None)),
+        None => (directives(headers), surrogate(headers)),
+    }
 }
 
 /// How a stored response may be reused, fixed when it is stored.
@@ -107,9 +117,8 @@ impl Freshness {
         response_time: SystemTime,
         heuristic: Heuristic,
     ) -> Freshness {
-        let d = directives(headers);
+        let (d, (_, surrogate_max_age)) = response_directives(headers);
         let date = date_header(headers, &header::DATE).unwrap_or(response_time);
-        let surrogate_max_age = surrogate(headers).1;
         let age = age_header(headers);
         let lifetime = match (d.s_maxage, d.max_age) {
             _ if age.is_err() => Duration::ZERO,

@@ -16,6 +16,7 @@ pub mod key;
 pub mod purge;
 pub mod record;
 pub mod shared;
+pub mod targeted;
 
 use crate::clock::Clock;
 use bytes::Bytes;

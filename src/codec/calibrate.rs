@@ -66,6 +66,7 @@ fn counts(l: &Latents, steps: &[f32]) -> Vec<u64> {
             out[(c * CONTEXTS + k) * SYMBOLS + (grid[i] + RANGE) as usize] += 1;
             Ok(())
         })
+        // invariant: the closure above never returns an error
         .expect("counting never fails");
     }
     out

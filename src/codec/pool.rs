@@ -33,7 +33,12 @@ pub struct Pool {
 
 impl Pool {
     /// Starts `threads` workers sharing `codec`, with room for `queue` waiting jobs.
-    pub fn new(codec: Arc<Codec>, threads: usize, queue: usize, queued: IntGauge) -> Pool {
+    pub fn new(
+        codec: Arc<Codec>,
+        threads: usize,
+        queue: usize,
+        queued: IntGauge,
+    ) -> std::io::Result<Pool> {
         let threads = threads.max(1);
         let capacity = threads + queue;
         // The channel never fills: `in_pool` admits at most `capacity` jobs.
@@ -45,16 +50,15 @@ impl Pool {
             let queued = queued.clone();
             std::thread::Builder::new()
                 .name(format!("vaeproxy-model-{i}"))
-                .spawn(move || worker(&rx, &codec, &queued))
-                .expect("spawning a model thread");
+                .spawn(move || worker(&rx, &codec, &queued))?;
         }
-        Pool {
+        Ok(Pool {
             tx,
             codec,
             queued,
             in_pool: Arc::default(),
             capacity,
-        }
+        })
     }
 
     /// The codec the workers use (for its id and level count; never call its
@@ -142,7 +146,7 @@ mod tests {
     async fn full_queue_is_refused_not_queued() {
         let codec = Arc::new(Codec::shipped().unwrap());
         let gauge = IntGauge::new("q", "q").unwrap();
-        let pool = Pool::new(codec, 1, 1, gauge.clone());
+        let pool = Pool::new(codec, 1, 1, gauge.clone()).unwrap();
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
         // One job occupies the thread, one waits in the queue...
         let first = pool
@@ -168,7 +172,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_job_does_not_kill_the_pool() {
         let codec = Arc::new(Codec::shipped().unwrap());
-        let pool = Pool::new(codec, 1, 4, IntGauge::new("q", "q").unwrap());
+        let pool = Pool::new(codec, 1, 4, IntGauge::new("q", "q").unwrap()).unwrap();
         for _ in 0..8 {
             let rx = pool.try_run(|_| -> u8 { panic!("boom") }).unwrap();
             assert!(rx.await.is_err());

@@ -10,7 +10,7 @@ mod units;
 mod validate;
 
 pub use locate::{Source, SEARCH_PATH};
-pub use net::{parse_origin, IpBlock, Origin};
+pub use net::{parse_origin, AddrError, IpBlock, Origin};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

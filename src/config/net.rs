@@ -1,6 +1,11 @@
 //! Addresses in the configuration: the CIDR blocks of `trusted_proxies` and
 //! origin URLs, parsed once at load so requests never parse them again.
 
+/// Why an address in the configuration does not parse; the text quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AddrError(String);
+
 /// An IP address or CIDR block (`10.0.0.0/8`, `::1`), for `trusted_proxies`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpBlock {
@@ -10,7 +15,7 @@ pub struct IpBlock {
 
 impl IpBlock {
     /// Parses `10.0.0.0/8`, `::1` or `192.168.1.7` (a single address is a /32 or /128).
-    pub fn parse(s: &str) -> Result<IpBlock, String> {
+    pub fn parse(s: &str) -> Result<IpBlock, AddrError> {
         let (ip, prefix) = match s.split_once('/') {
             Some((ip, p)) => (ip, Some(p)),
             None => (s, None),
@@ -18,7 +23,7 @@ impl IpBlock {
         let addr: std::net::IpAddr = ip
             .trim()
             .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+            .map_err(|_| AddrError(format!("{s:?} is not an IP address or CIDR block")))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -27,7 +32,7 @@ impl IpBlock {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+                .ok_or_else(|| AddrError(format!("{s:?}: prefix length must be 0..={max}")))?,
         };
         Ok(IpBlock { addr, prefix })
     }
@@ -68,28 +73,31 @@ pub struct Origin {
 }
 
 /// Accepts `http://host[:port][/base]` and `https://...`; no user info, no query.
-pub fn parse_origin(s: &str) -> Result<Origin, String> {
-    let uri: hyper::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+pub fn parse_origin(s: &str) -> Result<Origin, AddrError> {
+    let err = |m: String| AddrError(m);
+    let uri: hyper::Uri = s
+        .parse()
+        .map_err(|e| err(format!("{s:?} is not a URL ({e})")))?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
         Some(other) => {
-            return Err(format!(
+            return Err(err(format!(
                 "{s:?}: scheme {other} is not supported (http or https)"
-            ))
+            )))
         }
-        None => return Err(format!("{s:?}: needs http:// or https://")),
+        None => return Err(err(format!("{s:?}: needs http:// or https://"))),
     };
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("{s:?}: no host"))?
+        .ok_or_else(|| err(format!("{s:?}: no host")))?
         .as_str()
         .to_string();
     if authority.contains('@') {
-        return Err(format!("{s:?}: user info is not allowed"));
+        return Err(err(format!("{s:?}: user info is not allowed")));
     }
     if uri.query().is_some() {
-        return Err(format!("{s:?}: a query is not allowed"));
+        return Err(err(format!("{s:?}: a query is not allowed")));
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     Ok(Origin {

@@ -94,7 +94,8 @@ impl AdamW {
         let mut vars: Vec<(String, Var)> = varmap
             .data()
             .lock()
-            .unwrap()
+            // a poisoned lock still holds every variable: the map is only read here
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -390,8 +391,8 @@ pub fn save_with_config(
     names.sort();
     let views: Vec<(String, Tensor)> = names
         .iter()
-        .map(|k| ((*k).clone(), tensors[*k].contiguous().unwrap()))
-        .collect();
+        .map(|k| Ok(((*k).clone(), tensors[*k].contiguous()?)))
+        .collect::<Result<_>>()?;
     let meta = HashMap::from([(Config::METADATA_KEY.to_string(), cfg.to_metadata())]);
     let tmp = path.with_extension("tmp");
     let bytes = safetensors::serialize(views.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))

@@ -221,8 +221,7 @@ impl Proxy {
         for g in transform::Guard::ALL {
             metrics.model.guards.with_label_values(&[g.label()]);
         }
-        let client = OriginClient::new(&cfg.limits, cfg.origin_ca_file.as_deref())
-            .map_err(StartError::Config)?;
+        let client = OriginClient::new(&cfg.limits, cfg.origin_ca_file.as_deref())?;
         let shared = cfg.cache.shared_config().map(|c| {
             let ops = &metrics.ops;
             let model = pool.codec().id().to_hex();

@@ -56,10 +56,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// `demo_addr` replaces the `demo` origin (the built-in demo server).
-    pub fn from_route(r: &Route, demo_addr: Option<std::net::SocketAddr>) -> Result<Self, String> {
+    pub fn from_route(
+        r: &Route,
+        demo_addr: Option<std::net::SocketAddr>,
+    ) -> Result<Self, RouteError> {
         let origin = match (r.origin.as_str(), demo_addr) {
             ("demo", Some(a)) => parse_origin(&format!("http://{a}"))?,
-            ("demo", None) => return Err("the demo origin is not running".into()),
+            ("demo", None) => return Err(RouteError::NoDemo),
             (o, _) => parse_origin(o)?,
         };
         Ok(Upstream {
@@ -81,6 +84,33 @@ impl Upstream {
     }
 }
 
+/// Why a route cannot be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    /// Its origin URL does not parse.
+    #[error(transparent)]
+    Origin(#[from] crate::config::AddrError),
+    /// It names `demo` but this process runs no demo origin.
+    #[error("the demo origin is not running")]
+    NoDemo,
+}
+
+/// Why the origin client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `origin_ca_file` is unreadable or holds no usable certificate.
+    #[error("origin_ca_file {}: {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the client configuration.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 /// The pooled HTTP/1.1 client to every origin, plain or TLS.
 #[derive(Clone)]
 pub struct OriginClient {
@@ -90,30 +120,28 @@ pub struct OriginClient {
 
 impl OriginClient {
     /// `ca_file`: extra PEM roots for `https://` origins (a private CA).
-    pub fn new(limits: &Limits, ca_file: Option<&Path>) -> Result<OriginClient, String> {
+    pub fn new(limits: &Limits, ca_file: Option<&Path>) -> Result<OriginClient, ClientError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(p) = ca_file {
+            let ca = |reason: String| ClientError::CaFile {
+                path: p.to_path_buf(),
+                reason,
+            };
             let certs = CertificateDer::pem_file_iter(p)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("origin_ca_file {}: {e}", p.display()))?;
+                .map_err(|e| ca(e.to_string()))?;
             if certs.is_empty() {
-                return Err(format!(
-                    "origin_ca_file {}: no certificates in it",
-                    p.display()
-                ));
+                return Err(ca("no certificates in it".into()));
             }
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("origin_ca_file {}: {e}", p.display()))?;
+                roots.add(c).map_err(|e| ca(e.to_string()))?;
             }
         }
         // ring, not the platform's crypto: nothing to install, same on every machine.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let mut conn = HttpConnector::new();
