@@ -37,13 +37,15 @@ pub struct Config {
     pub z: usize,
 }
 
+/// The shipped weights' architecture (`vaeproxy info` prints it), so a
+/// fresh `train` run makes a drop-in replacement.
 impl Default for Config {
     fn default() -> Self {
         Self {
             c1: 32,
             c2: 64,
             c3: 128,
-            z: 32,
+            z: 64,
         }
     }
 }
@@ -257,10 +259,16 @@ mod tests {
         let vae = Vae::new(vb, Config::default()).unwrap();
         let x = Tensor::rand(0f32, 1., (2, 3, 64, 48), &Device::Cpu).unwrap();
         let (mu, lv) = vae.encode(&x).unwrap();
-        assert_eq!(mu.dims(), &[2, 32, 4, 3]);
-        assert_eq!(lv.dims(), &[2, 32, 4, 3]);
+        assert_eq!(mu.dims(), &[2, 64, 4, 3]);
+        assert_eq!(lv.dims(), &[2, 64, 4, 3]);
         let y = vae.decode(&mu).unwrap();
         assert_eq!(y.dims(), &[2, 3, 64, 48]);
+    }
+
+    #[test]
+    fn the_default_is_the_shipped_architecture() {
+        let shipped = crate::codec::Codec::shipped().unwrap();
+        assert_eq!(shipped.vae().config, Config::default());
     }
 
     #[test]

@@ -292,11 +292,6 @@ impl Proxy {
         &self.inner.metrics
     }
 
-    /// The proxy's cache.
-    pub fn cache(&self) -> &Cache {
-        &self.inner.cache
-    }
-
     /// The model pool.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
