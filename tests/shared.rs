@@ -29,25 +29,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A memory-only `redis-server` on `port` with `extra` arguments.
+fn spawn_redis(port: u16, extra: &[&str]) -> Redis {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (.ci/run installs Debian's redis-server)");
+    Redis(child, port)
+}
+
 async fn start_redis(port: u16) -> Redis {
-    let redis = Redis(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs Debian's redis-server)"),
-        port,
-    );
+    let redis = spawn_redis(port, &[]);
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -277,27 +273,10 @@ async fn start_cluster() -> Vec<Redis> {
     let mut nodes = Vec::new();
     for p in &ports {
         let conf = dir.path().join(format!("nodes-{p}.conf"));
-        let redis = Redis(
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &p.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    conf.to_str().unwrap(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed"),
+        let conf = conf.to_str().unwrap();
+        let redis = spawn_redis(
             *p,
+            &["--cluster-enabled", "yes", "--cluster-config-file", conf],
         );
         nodes.push(redis);
     }

@@ -215,21 +215,24 @@ pub fn surrogate(headers: &HeaderMap) -> (bool, Option<u64>) {
     (no_store, max_age)
 }
 
+/// Headers from `(name, value)` pairs, repeats kept: for the cache's unit tests.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    for (k, v) in pairs {
+        m.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            hyper::header::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::cache::directives::test_headers as h;
 
     #[test]
     fn parses_directives() {

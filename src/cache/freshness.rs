@@ -238,18 +238,8 @@ pub fn may_serve_on_error(f: &Freshness, req: &Directives, now: SystemTime) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::{HeaderName, HeaderValue};
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::cache::directives::test_headers as h;
 
     const H: Heuristic = Heuristic {
         fraction: 0.1,

@@ -207,16 +207,18 @@ impl Shared {
             self.events.with_label_values(&["miss"]).inc();
             return None;
         };
-        match record::decode(&Bytes::from(bytes)) {
-            Some(v) => {
-                self.events.with_label_values(&["hit"]).inc();
-                Some(v)
-            }
-            None => {
-                self.errors.with_label_values(&["garbage"]).inc();
-                None
-            }
-        }
+        self.parse(bytes)
+    }
+
+    /// A record read back, counted as a hit, or as garbage when it does not parse.
+    fn parse(&self, bytes: Vec<u8>) -> Option<Vec<Stored>> {
+        let parsed = record::decode(&Bytes::from(bytes));
+        let (counter, label) = match parsed {
+            Some(_) => (&self.events, "hit"),
+            None => (&self.errors, "garbage"),
+        };
+        counter.with_label_values(&[label]).inc();
+        parsed
     }
 
     /// Stores a record for `key` that lives `ttl`. Awaited (within the
@@ -295,18 +297,7 @@ impl Shared {
                 }
                 continue;
             };
-            {
-                return match record::decode(&Bytes::from(bytes)) {
-                    Some(v) => {
-                        self.events.with_label_values(&["hit"]).inc();
-                        Some(v)
-                    }
-                    None => {
-                        self.errors.with_label_values(&["garbage"]).inc();
-                        None
-                    }
-                };
-            }
+            return self.parse(bytes);
         }
         None
     }

@@ -259,16 +259,7 @@ mod tests {
         }
     }
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::cache::directives::test_headers as h;
 
     const H: Heuristic = Heuristic {
         fraction: 0.1,
