@@ -251,12 +251,24 @@ impl OpsMetrics {
                 "result",
                 &["ok", "error"],
             )?,
-            shared: r.counter_vec("shared_total", "Shared-tier events", "event", &[])?,
+            shared: r.counter_vec(
+                "shared_total",
+                "Shared-tier events",
+                "event",
+                &[
+                    "hit",
+                    "miss",
+                    "store",
+                    "lock_wait",
+                    "lock_won",
+                    "invalidate",
+                ],
+            )?,
             shared_errors: r.counter_vec(
                 "shared_errors_total",
                 "Failed shared-tier calls",
                 "kind",
-                &[],
+                &["timeout", "redis", "garbage"],
             )?,
         })
     }

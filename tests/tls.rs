@@ -151,52 +151,28 @@ async fn tls_connect(
     (tls, proto, presented)
 }
 
-async fn request_over<B>(
-    send: &mut B,
-    version: hyper::Version,
-) -> (hyper::StatusCode, hyper::Version, Bytes)
-where
-    B: SendRequest,
-{
-    let req = hyper::Request::builder()
+type Empty = http_body_util::Empty<Bytes>;
+
+/// The test's request, in `version`.
+fn tls_get(version: hyper::Version) -> hyper::Request<Empty> {
+    hyper::Request::builder()
         .uri("https://localhost/tls")
         .version(version)
         .header("host", "localhost")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let resp = send.send(req).await;
-    let (parts, body) = resp.into_parts();
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// Status, version and whole body of a response.
+async fn read(
+    resp: hyper::Result<hyper::Response<hyper::body::Incoming>>,
+) -> (hyper::StatusCode, hyper::Version, Bytes) {
+    let (parts, body) = resp.unwrap().into_parts();
     let body = http_body_util::BodyExt::collect(body)
         .await
         .unwrap()
         .to_bytes();
     (parts.status, parts.version, body)
-}
-
-/// The two hyper client connections behind one call.
-trait SendRequest {
-    async fn send(
-        &mut self,
-        req: hyper::Request<http_body_util::Empty<Bytes>>,
-    ) -> hyper::Response<hyper::body::Incoming>;
-}
-
-impl SendRequest for hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>> {
-    async fn send(
-        &mut self,
-        req: hyper::Request<http_body_util::Empty<Bytes>>,
-    ) -> hyper::Response<hyper::body::Incoming> {
-        self.send_request(req).await.unwrap()
-    }
-}
-
-impl SendRequest for hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
-    async fn send(
-        &mut self,
-        req: hyper::Request<http_body_util::Empty<Bytes>>,
-    ) -> hyper::Response<hyper::body::Incoming> {
-        self.send_request(req).await.unwrap()
-    }
 }
 
 /// The proxy at the edge: clients speak TLS to it (HTTP/1.1 and, by ALPN,
@@ -242,7 +218,8 @@ async fn clients_over_tls_h1_and_h2_and_a_swapped_certificate() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let (status, version, body) = request_over(&mut h1, hyper::Version::HTTP_11).await;
+    let (status, version, body) =
+        read(h1.send_request(tls_get(hyper::Version::HTTP_11)).await).await;
     assert_eq!(
         (status.as_u16(), version, &body[..]),
         (200, hyper::Version::HTTP_11, &b"v1"[..])
@@ -258,7 +235,8 @@ async fn clients_over_tls_h1_and_h2_and_a_swapped_certificate() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    let (status, version, body) = request_over(&mut h2, hyper::Version::HTTP_2).await;
+    let (status, version, body) =
+        read(h2.send_request(tls_get(hyper::Version::HTTP_2)).await).await;
     assert_eq!(
         (status.as_u16(), version, &body[..]),
         (200, hyper::Version::HTTP_2, &b"v1"[..])
@@ -285,7 +263,7 @@ async fn clients_over_tls_h1_and_h2_and_a_swapped_certificate() {
     acceptor.replace(vaeproxy::tls::server_config(&second).unwrap());
     let (_, _, presented) = tls_connect(addr, &second_der, b"h2").await;
     assert_eq!(presented, second_der);
-    let (status, _, _) = request_over(&mut h1, hyper::Version::HTTP_11).await;
+    let (status, _, _) = read(h1.send_request(tls_get(hyper::Version::HTTP_11)).await).await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(
         origin.count("/tls"),

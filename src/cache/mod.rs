@@ -83,14 +83,7 @@ impl Entry {
                 (n, v)
             })
             .collect();
-        Entry {
-            id: next_id(),
-            status,
-            headers,
-            body,
-            freshness,
-            vary,
-        }
+        Entry::restored(status, headers, body, freshness, vary)
     }
 
     /// An entry another proxy stored (the shared tier), with its own `Vary`

@@ -83,19 +83,6 @@ impl Shared {
         events: IntCounterVec,
         errors: IntCounterVec,
     ) -> Shared {
-        for e in [
-            "hit",
-            "miss",
-            "store",
-            "lock_wait",
-            "lock_won",
-            "invalidate",
-        ] {
-            events.with_label_values(&[e]);
-        }
-        for k in ["timeout", "redis", "garbage"] {
-            errors.with_label_values(&[k]);
-        }
         let shared = Shared {
             conn: Arc::default(),
             up: Arc::default(),

@@ -52,16 +52,9 @@ pub fn eval(
 ) -> Result<Vec<ImageRow>> {
     let mut rows = Vec::with_capacity(images.len());
     for (path, img) in images {
-        let t = Instant::now();
-        let bytes = codec
-            .encode(img, quality)
-            .map_err(ToolError::codec(path.display()))?;
-        let enc_ms = t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
-        let rec = codec
-            .decode(&bytes)
-            .map_err(ToolError::codec(path.display()))?;
-        let dec_ms = t.elapsed().as_secs_f64() * 1e3;
+        let context = || ToolError::codec(path.display());
+        let (bytes, enc_ms) = timed(|| codec.encode(img, quality).map_err(context()))?;
+        let (rec, dec_ms) = timed(|| codec.decode(&bytes).map_err(context()))?;
         let row = ImageRow {
             name: file_name(path),
             bytes: bytes.len(),
@@ -119,16 +112,9 @@ pub fn eval_v2(
             ..LevelRow::default()
         };
         for (path, img) in images {
-            let t = Instant::now();
-            let (coded, _) = codec
-                .encode(img, level)
-                .map_err(ToolError::codec(path.display()))?;
-            let enc_ms = t.elapsed().as_secs_f64() * 1e3;
-            let t = Instant::now();
-            let rec = codec
-                .decode(&coded)
-                .map_err(ToolError::codec(path.display()))?;
-            let dec_ms = t.elapsed().as_secs_f64() * 1e3;
+            let context = || ToolError::codec(path.display());
+            let ((coded, _), enc_ms) = timed(|| codec.encode(img, level).map_err(context()))?;
+            let (rec, dec_ms) = timed(|| codec.decode(&coded).map_err(context()))?;
             let bytes = coded.words.len() * 4 + 16;
             row.bpp += bytes as f64 * 8.0 / pixels(img) / n;
             row.psnr += quality::psnr(img, &rec) / n;
@@ -143,6 +129,13 @@ pub fn eval_v2(
         out.push(row);
     }
     Ok(out)
+}
+
+/// `f`'s result and how long it took, in ms.
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let t = Instant::now();
+    let out = f()?;
+    Ok((out, t.elapsed().as_secs_f64() * 1e3))
 }
 
 fn pixels(img: &RgbImage) -> f64 {
