@@ -156,3 +156,42 @@ fn training_learns() {
     let tail: f32 = last[49..].iter().sum::<f32>() / 10.0;
     assert!(tail < first * 0.5, "mse went from {first} to {tail}");
 }
+
+/// `train_codec.py --export` stores the network in f16 (issue 20's size bar);
+/// the loader widens it, the forward passes stay within f16's rounding of
+/// the f32 ones, and the coder still decodes exactly what it encoded.
+#[test]
+fn hyperprior_loads_f16_weights() {
+    use candle_core::Module;
+    use vaeproxy::codec::hyperprior::HyperCodec;
+    use vaeproxy::model::hyperprior::Hyperprior;
+    let bytes = std::fs::read("tests/data/hyperprior-parity.safetensors").unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+    let narrowed: Vec<(String, Tensor)> = t
+        .iter()
+        .map(|(k, v)| {
+            let keep = k.starts_with("gain_") || k.starts_with("test.") || v.dtype() != DType::F32;
+            let v = if keep {
+                v.clone()
+            } else {
+                v.to_dtype(DType::F16).unwrap()
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let half = safetensors::serialize(narrowed, meta.metadata().clone()).unwrap();
+    assert!(half.len() < bytes.len());
+    let m32 = Hyperprior::from_safetensors(&bytes).unwrap();
+    let m16 = Hyperprior::from_safetensors(&half).unwrap();
+    let x_hat32 = m32.synthesis.forward(&t["test.y"]).unwrap();
+    let x_hat16 = m16.synthesis.forward(&t["test.y"]).unwrap();
+    let d = max_diff(&x_hat16, &x_hat32);
+    assert!(d > 0.0 && d < 2e-2, "f16 weights moved the output by {d}");
+    let codec = HyperCodec::from_safetensors(&half).unwrap();
+    let img =
+        vaeproxy::codec::read_image(&std::fs::read("tests/data/canyon.jpg").unwrap(), 1 << 24)
+            .unwrap();
+    let (coded, recon) = codec.encode(&img, 1).unwrap();
+    assert!(codec.decode(&coded).unwrap() == recon);
+}
