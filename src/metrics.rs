@@ -60,7 +60,8 @@ pub struct OpsMetrics {
     pub purges: IntCounterVec,
     /// Successful and failed configuration reloads (`ok`, `error`).
     pub reloads: IntCounterVec,
-    /// Shared-tier events: `hit`, `miss`, `store`, `lock_won`, `lock_wait`, `invalidate`.
+    /// Shared-tier events: `hit`, `miss`, `store`, `lock_won`, `lock_wait`, `invalidate`,
+    /// `purged` (records a prefix or tag purge removed).
     pub shared: IntCounterVec,
     /// Shared-tier calls that failed, by kind (`timeout`, `redis`, `garbage`).
     pub shared_errors: IntCounterVec,
@@ -262,6 +263,7 @@ impl OpsMetrics {
                     "lock_wait",
                     "lock_won",
                     "invalidate",
+                    "purged",
                 ],
             )?,
             shared_errors: r.counter_vec(

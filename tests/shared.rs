@@ -355,4 +355,97 @@ async fn a_redis_cluster_as_the_shared_tier() {
         metric(&b, "vaeproxy_shared_total{event=\"hit\"}").await,
         4.0
     );
+    // A prefix purge scans every primary (a cluster has no cross-node SCAN).
+    until_stored(&a, 4.0).await;
+    let r = purge(&a, "/c*", &[]).await;
+    assert!(r.contains("\"shared\":4"), "{r}");
+    let fresh = start_proxy(&toml, &origin.url()).await;
+    until_shared_up(&fresh).await;
+    get(&fresh.url("/c0.jpg"), &[HOST]).await;
+    assert_eq!(origin.count("/c0.jpg"), 2, "purged in the cluster too");
+}
+
+/// A text origin whose responses carry a surrogate key per folder.
+async fn tagged_text_origin() -> Origin {
+    start_origin(|req, _| {
+        let path = req.uri().path();
+        let tag = if path.starts_with("/p/") {
+            "pics"
+        } else {
+            "docs"
+        };
+        // /pq.txt is "docs" too: outside the /p/ prefix, inside the tag
+        Reply::ok(
+            bytes::Bytes::from(format!("body of {path}")),
+            &[
+                ("cache-control", "public, max-age=600"),
+                ("content-type", "text/plain"),
+                ("surrogate-key", tag),
+            ],
+        )
+    })
+    .await
+}
+
+/// Sends a `PURGE` to `proxy`'s admin listener for the site's host.
+async fn purge(proxy: &Proxy, target: &str, extra: &[(&str, &str)]) -> String {
+    let mut h = vec![HOST];
+    h.extend_from_slice(extra);
+    let r = send("PURGE", &proxy.admin_url(target), &h).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// Prefix and tag purges on one proxy drop the shared records too, so no
+/// proxy refills from Redis what the operator purged.
+#[tokio::test]
+async fn prefix_and_tag_purges_reach_the_fleet() {
+    let port = free_port();
+    let _redis = start_redis(port).await;
+    let origin = tagged_text_origin().await;
+    let a = start_proxy(&shared_toml(port), &origin.url()).await;
+    let b = start_proxy(&shared_toml(port), &origin.url()).await;
+    until_shared_up(&a).await;
+    until_shared_up(&b).await;
+    let paths = ["/p/a.txt", "/p/b.txt", "/pq.txt", "/d/x.txt"];
+    for p in paths {
+        assert_eq!(get(&a.url(p), &[HOST]).await.status, 200);
+    }
+    until_stored(&a, 4.0).await;
+
+    let r = purge(&a, "/p/*", &[]).await;
+    assert!(
+        r.contains("\"purged\":2") && r.contains("\"shared\":2"),
+        "{r}"
+    );
+    for p in ["/p/a.txt", "/p/b.txt"] {
+        assert_eq!(get(&b.url(p), &[HOST]).await.status, 200);
+        assert_eq!(
+            origin.count(p),
+            2,
+            "{p} was refetched, not refilled from Redis"
+        );
+    }
+    assert_eq!(get(&b.url("/pq.txt"), &[HOST]).await.status, 200);
+    assert_eq!(
+        origin.count("/pq.txt"),
+        1,
+        "outside the prefix: still in Redis"
+    );
+
+    let r = purge(&a, "/", &[("vaeproxy-purge-tag", "docs")]).await;
+    assert!(r.contains("\"shared\":2"), "{r}");
+    let mut conn = redis_conn(port).await;
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("*x.txt")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(get(&b.url("/d/x.txt"), &[HOST]).await.status, 200);
+    assert_eq!(origin.count("/d/x.txt"), 2);
+    assert_eq!(
+        metric(&a, "vaeproxy_shared_total{event=\"purged\"}").await,
+        4.0
+    );
 }

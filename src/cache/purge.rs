@@ -38,7 +38,7 @@ impl Selector {
 }
 
 /// The surrogate keys a stored response carries (space- or comma-separated).
-fn tags(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+pub fn tags(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     [
         HeaderName::from_static("surrogate-key"),
         HeaderName::from_static("cache-tag"),

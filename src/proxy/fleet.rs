@@ -7,8 +7,8 @@
 
 use super::Proxy;
 use crate::cache::key::PrimaryKey;
-use crate::cache::record;
 use crate::cache::shared::{Claim, Lock};
+use crate::cache::{purge, record};
 use std::sync::Arc;
 
 /// What the shared tier did for one local miss.
@@ -81,7 +81,13 @@ impl Proxy {
             .zip(&originals)
             .map(|(e, o)| (e.as_ref(), o.as_ref()))
             .collect();
-        shared.put(key, record::encode(&parts), keep).await;
+        let mut tags: Vec<String> = variants
+            .iter()
+            .flat_map(|e| purge::tags(&e.headers).map(str::to_string))
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        shared.put(key, record::encode(&parts), keep, &tags).await;
     }
 
     /// Drops `key` here and in the shared tier (unsafe methods, purges, a

@@ -66,12 +66,21 @@ impl Proxy {
             }
         };
         let n = self.inner.cache.purge(&sel, soft).await;
-        if let (Selector::Url(k), false) = (&sel, soft) {
-            // the fleet's copy goes too; prefix and tag purges are local
-            if let Some(shared) = &self.inner.shared {
-                shared.remove(k).await;
-            }
-        }
+        // The fleet's copies go too, soft purges included: a shared record
+        // is fresh by its own clock and would fill the next miss (here or on
+        // another proxy) with what was just purged. The local stale copy of
+        // a soft purge stays for revalidation.
+        let shared = match &self.inner.shared {
+            None => None,
+            Some(shared) => Some(match &sel {
+                Selector::Url(k) => {
+                    shared.remove(k).await;
+                    1
+                }
+                Selector::Prefix(p) => shared.purge_prefix(p).await,
+                Selector::Tags(t) => shared.purge_tags(t).await,
+            }),
+        };
         let mode = sel.mode(soft);
         self.inner
             .metrics
@@ -79,8 +88,12 @@ impl Proxy {
             .purges
             .with_label_values(&[mode])
             .inc();
-        tracing::info!(mode, purged = n, target = %req.uri(), "purge");
-        let mut r = Response::new(full(format!("{{\"purged\":{n},\"mode\":\"{mode}\"}}\n")));
+        tracing::info!(mode, purged = n, shared, target = %req.uri(), "purge");
+        let body = match shared {
+            Some(m) => format!("{{\"purged\":{n},\"mode\":\"{mode}\",\"shared\":{m}}}\n"),
+            None => format!("{{\"purged\":{n},\"mode\":\"{mode}\"}}\n"),
+        };
+        let mut r = Response::new(full(body));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

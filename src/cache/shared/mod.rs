@@ -8,7 +8,10 @@
 //! The connection is made in the background and remade by redis-rs itself.
 //!
 //! Keys are `PREFIX` + the model id + `:` + the primary key, so proxies
-//! running different weights never serve each other's latents.
+//! running different weights never serve each other's latents. Purges by
+//! prefix or tag reach the store too (`purge`).
+
+mod purge;
 
 use super::key::PrimaryKey;
 use super::record::{self, Stored};
@@ -208,17 +211,17 @@ impl Shared {
         parsed
     }
 
-    /// Stores a record for `key` that lives `ttl`. Awaited (within the
-    /// timeout) before the fetch lock is given back, so a proxy waiting on
-    /// the lock finds the record as soon as the lock is gone.
-    pub async fn put(&self, key: &PrimaryKey, value: Vec<u8>, ttl: Duration) {
+    /// Stores a record for `key` that lives `ttl`, listed under its
+    /// surrogate keys `tags` for tag purges. Awaited (within the timeout)
+    /// before the fetch lock is given back, so a proxy waiting on the lock
+    /// finds the record as soon as the lock is gone.
+    pub async fn put(&self, key: &PrimaryKey, value: Vec<u8>, ttl: Duration, tags: &[String]) {
+        let secs = record::ttl(ttl);
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key))
-            .arg(value)
-            .arg("EX")
-            .arg(record::ttl(ttl));
+        cmd.arg(self.key(key)).arg(value).arg("EX").arg(secs);
         if self.call::<()>(cmd).await.is_some() {
             self.events.with_label_values(&["store"]).inc();
+            self.index_tags(key, tags, secs).await;
         }
     }
 
